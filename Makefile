@@ -1,0 +1,65 @@
+# SPDX-License-Identifier: GPL-2.0
+#
+# vhost-blk-poll: build, test and lint.  See README.md.
+#
+#   make            build vhost_blk_poll.ko, virtio_blk_poll.ko and the selftests
+#   make deps       install everything needed from Debian's archive (root)
+#   make check      run all tests in virtual machines
+#   make lint       checkpatch, W=1, kernel-doc and shellcheck
+#
+# KVER=<version> or KDIR=<configured kernel tree> build against another kernel.
+
+SHELL := /bin/bash
+ENV := $(CURDIR)/scripts/env.sh
+
+# Versions and paths are defined once, in scripts/env.sh.
+ifeq ($(origin KVER),undefined)
+KVER := $(shell $(ENV) KVER)
+endif
+ifeq ($(origin KDIR),undefined)
+KDIR := $(shell KVER=$(KVER) $(ENV) KDIR)
+endif
+BUILD := $(shell $(ENV) VBP_BUILD)
+KSRC := $(shell $(ENV) VBP_KSRC_DIR)
+export KVER KDIR
+
+# vhost.h is not in the headers package: take it from the tree when KDIR is
+# a full source tree, otherwise from the matching Debian source.
+VHOST_INC := $(if $(wildcard $(KDIR)/drivers/vhost/vhost.h),$(KDIR)/drivers/vhost,$(KSRC)/drivers/vhost)
+
+KBUILD := $(MAKE) -C $(KDIR) M=$(CURDIR) W=1 \
+	CONFIG_VHOST_BLK_POLL=m CONFIG_VIRTIO_BLK_POLL=m \
+	VBP_VHOST_INC=$(VHOST_INC)
+
+SELFTESTS := tools/testing/selftests/vhost_blk
+KSFT := $(MAKE) -C $(SELFTESTS) \
+	KHDR_INCLUDES="-isystem $(KSRC)/include/uapi"
+
+.PHONY: all modules selftests ksrc deps check lint clean
+
+all: modules selftests
+
+ksrc:
+	@scripts/ksrc.sh
+
+modules: ksrc
+	@test -d "$(KDIR)" || { echo "no kernel tree at $(KDIR) (make deps)"; exit 1; }
+	$(KBUILD) modules
+
+selftests: ksrc
+	$(KSFT)
+
+deps:
+	scripts/deps.sh
+
+check: all
+	scripts/check.sh
+
+lint: ksrc
+	scripts/lint.sh
+
+clean:
+	-$(KBUILD) clean
+	-$(KSFT) clean
+	rm -rf $(BUILD)
+	rm -f tools/testing/selftests/{lib.mk,kselftest.h,kselftest_harness.h,kselftest}

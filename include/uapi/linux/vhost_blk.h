@@ -1,0 +1,35 @@
+/* SPDX-License-Identifier: GPL-2.0 WITH Linux-syscall-note */
+/*
+ * vhost-blk-poll: an in-kernel virtio-blk device with polling workers.
+ *
+ * The device is /dev/vhost-blk-poll.  A virtual machine monitor drives it
+ * with the standard vhost ioctls of <linux/vhost.h> (VHOST_SET_OWNER,
+ * VHOST_SET_FEATURES, VHOST_SET_MEM_TABLE, VHOST_SET_VRING_*, ...) and with
+ * the block-specific ioctls below.
+ */
+#ifndef _UAPI_LINUX_VHOST_BLK_H
+#define _UAPI_LINUX_VHOST_BLK_H
+
+#include <linux/ioctl.h>
+#include <linux/vhost.h>
+
+/**
+ * define VHOST_BLK_SET_BACKEND - attach or detach the backing store
+ *
+ * The argument points to an int: the file descriptor of a block device or
+ * of a regular file, opened by the caller with the access the guest gets
+ * (O_RDONLY makes the device read-only).  -1 detaches the backend once the
+ * requests in flight have completed.
+ */
+#define VHOST_BLK_SET_BACKEND		_IOW(VHOST_VIRTIO, 0x90, int)
+
+/**
+ * define VHOST_BLK_SET_VRING_CPU - pin the worker of a vring to a CPU
+ *
+ * The argument points to a struct vhost_vring_state: .index is the vring,
+ * .num the CPU its worker runs on; .num == -1 removes the pinning.
+ */
+#define VHOST_BLK_SET_VRING_CPU		_IOW(VHOST_VIRTIO, 0x91, \
+					     struct vhost_vring_state)
+
+#endif /* _UAPI_LINUX_VHOST_BLK_H */
