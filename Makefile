@@ -32,8 +32,8 @@ KBUILD := $(MAKE) -C $(KDIR) M=$(CURDIR) W=1 \
 	VBP_VHOST_INC=$(VHOST_INC)
 
 SELFTESTS := tools/testing/selftests/vhost_blk
-KSFT := $(MAKE) -C $(SELFTESTS) \
-	KHDR_INCLUDES="-isystem $(KSRC)/include/uapi"
+KSFT := $(MAKE) -C $(SELFTESTS) OUTPUT=$(CURDIR)/$(SELFTESTS) \
+	KHDR_INCLUDES="-isystem $(KSRC)/usr/include"
 
 .PHONY: all modules selftests ksrc deps check lint clean
 

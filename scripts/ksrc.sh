@@ -24,7 +24,7 @@ paths=(
 	tools/testing/selftests/kselftest_harness.h
 	tools/testing/selftests/kselftest
 )
-links=(lib.mk kselftest.h kselftest_harness.h kselftest)
+links=(kselftest.h kselftest_harness.h kselftest)
 
 [ -r "$VBP_SRC_TARBALL" ] ||
 	{ echo "ksrc: $VBP_SRC_TARBALL missing (make deps)" >&2; exit 1; }
@@ -38,9 +38,22 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 	mkdir -p "$VBP_KSRC_DIR"
 	tar -xJf "$VBP_SRC_TARBALL" -C "$VBP_KSRC_DIR" --strip-components=1 \
 		"${paths[@]/#/$VBP_SRC_TOP/}"
+	# User-space copies of the vhost uapi headers, newer than the C
+	# library's, for the selftests; the rest comes from /usr/include.
+	mkdir -p "$VBP_KSRC_DIR/usr/include/linux"
+	for h in vhost.h vhost_types.h; do
+		sed -E -e 's/([[:space:](])__user[[:space:]]/\1/g' \
+			-e 's@^#include <linux/compiler(|_types).h>@@' \
+			-e 's@#(ifndef|define|endif[[:space:]]*/[*])[[:space:]]*_UAPI@#\1 @' \
+			"$VBP_KSRC_DIR/include/uapi/linux/$h" \
+			> "$VBP_KSRC_DIR/usr/include/linux/$h"
+	done
 	echo "$want" > "$stamp"
 fi
 
+# lib.mk finds the framework and the tests' settings relative to its own
+# real path: copy it, link the rest.
+cp "$VBP_KSRC_DIR/tools/testing/selftests/lib.mk" "$VBP_ROOT/tools/testing/selftests/lib.mk"
 for l in "${links[@]}"; do
 	ln -sfn "$VBP_KSRC_DIR/tools/testing/selftests/$l" \
 		"$VBP_ROOT/tools/testing/selftests/$l"

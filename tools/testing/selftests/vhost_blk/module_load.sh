@@ -1,0 +1,143 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# Load, use and unload both modules many times: nothing may leak or warn,
+# and bad module parameters are refused.
+
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
+vbp_require_root
+
+CYCLES=20
+DEV_TEST=$VBP_SELFTEST_DIR/vhost_blk_dev_test
+
+ktap_print_header
+ktap_set_plan 6
+
+for m in vhost_blk_poll virtio_blk_poll; do
+	if vbp_loaded $m; then
+		rmmod $m || ktap_exit_fail_msg "cannot unload $m"
+	fi
+done
+
+slab_snapshot() {
+	awk 'NR > 2 { print $1, $2 }' /proc/slabinfo
+}
+
+# Objects a cache gained between two snapshots, for caches that gained.
+slab_growth() {
+	join "$1" "$2" | awk '$3 > $2 { print $1, $3 - $2 }'
+}
+
+# One cycle: load, open and use the device (owner, features, workers,
+# vrings), close, unload.
+host_cycle() {
+	vbp_load_host || return 1
+	vbp_wait_for "$VBP_DEV" || return 1
+	"$DEV_TEST" -t open_close_1000 -t workers \
+		-t vring_setup_and_kick_without_backend >/dev/null 2>&1 || return 1
+	vbp_unload_host || return 1
+	[ ! -e "$VBP_DEV" ] || sleep 0.5
+	[ ! -e "$VBP_DEV" ]
+}
+
+test_host_cycles() {
+	local tmp i ok=0 growth
+
+	tmp=$(mktemp -d)
+	for i in 1 2 3; do
+		host_cycle || { echo "# warm-up cycle $i failed"; return 1; }
+	done
+	slab_snapshot | sort > "$tmp/s1"
+	for i in $(seq $CYCLES); do
+		host_cycle || { echo "# cycle $i failed"; return 1; }
+	done
+	slab_snapshot | sort > "$tmp/s2"
+	for i in $(seq $CYCLES); do
+		host_cycle || { echo "# cycle $((CYCLES + i)) failed"; return 1; }
+	done
+	slab_snapshot | sort > "$tmp/s3"
+
+	# A leak grows by at least one object per cycle, in both rounds.
+	slab_growth "$tmp/s1" "$tmp/s2" | sort > "$tmp/g1"
+	slab_growth "$tmp/s2" "$tmp/s3" | sort > "$tmp/g2"
+	growth=$(join "$tmp/g1" "$tmp/g2" |
+		 awk -v n=$CYCLES '$2 >= n && $3 >= n { print $1, $2, $3 }')
+	if [ -n "$growth" ]; then
+		echo "# slab caches growing with every cycle (cache round1 round2):"
+		echo "$growth" | sed 's/^/#   /'
+	else
+		ok=1
+	fi
+	rm -rf "$tmp"
+	[ $ok = 1 ]
+}
+
+test_host_vmalloc() {
+	local i left
+
+	vbp_load_host || return 1
+	vbp_wait_for "$VBP_DEV" || return 1
+	for i in 1 2 3; do
+		"$DEV_TEST" >/dev/null 2>&1 || { echo "# device test failed"; return 1; }
+	done
+	left=$(grep -c 'vhost_blk_' /proc/vmallocinfo)
+	[ "$left" = 0 ] || grep 'vhost_blk_' /proc/vmallocinfo | sed 's/^/# /'
+	vbp_unload_host || return 1
+	[ "$left" = 0 ]
+}
+
+test_host_params() {
+	local p=/sys/module/vhost_blk_poll/parameters/max_queues ok=1 v
+
+	for v in 0 257 -1 abc; do
+		if vbp_load_host max_queues=$v 2>/dev/null; then
+			echo "# max_queues=$v accepted at load"
+			vbp_unload_host
+			ok=0
+		fi
+	done
+	vbp_load_host max_queues=4 || return 1
+	[ "$(cat $p)" = 4 ] || { echo "# max_queues reads $(cat $p), not 4"; ok=0; }
+	for v in 0 257 abc; do
+		if echo $v > $p 2>/dev/null; then
+			echo "# max_queues=$v accepted through sysfs"
+			ok=0
+		fi
+	done
+	echo 256 > $p || { echo "# max_queues=256 refused"; ok=0; }
+	[ "$(cat $p)" = 256 ] || ok=0
+	vbp_unload_host || return 1
+	[ $ok = 1 ]
+}
+
+test_guest_alias() {
+	modinfo -F alias "$VIRTIO_BLK_POLL_KO" | grep -qx 'virtio:d00000002v\*'
+}
+
+test_guest_cycles() {
+	local i
+
+	for i in $(seq $CYCLES); do
+		vbp_load_guest || return 1
+		[ -d /sys/bus/virtio/drivers/virtio_blk_poll ] ||
+			{ echo "# driver not registered"; return 1; }
+		vbp_unload_guest || return 1
+		[ ! -d /sys/bus/virtio/drivers/virtio_blk_poll ] ||
+			{ echo "# driver still registered"; return 1; }
+	done
+}
+
+ktap_test_result "vhost_blk_poll: $((2 * CYCLES + 3)) load/use/unload cycles, no slab growth" \
+	test_host_cycles
+ktap_test_result "vhost_blk_poll: no vmalloc area left after close" \
+	test_host_vmalloc
+ktap_test_result "vhost_blk_poll: max_queues outside 1-256 refused" \
+	test_host_params
+ktap_test_result "vhost_blk_poll: device node removed at unload" \
+	test ! -e "$VBP_DEV"
+ktap_test_result "virtio_blk_poll: module alias for virtio device ID 2" \
+	test_guest_alias
+ktap_test_result "virtio_blk_poll: $CYCLES load/unload cycles" \
+	test_guest_cycles
+ktap_finished
