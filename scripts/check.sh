@@ -1,0 +1,178 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# Run the project's tests in virtual machines and print TAP; the last line is
+#   check: N passed, M failed, K skipped
+# and the exit status is non-zero when anything failed.  Run "make" first
+# (make check does).
+#
+# CHECK_SUITES selects suites (default: all):
+#   vmrun      the VM runner's own tests: exit status, timeout, kernel
+#              reports and a dead guest fail a run, nested boot works
+#   kselftest  tools/testing/selftests/vhost_blk in one VM
+
+set -uo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=scripts/env.sh
+. "$here/env.sh"
+
+suites=${CHECK_SUITES:-vmrun kselftest}
+st=$VBP_ROOT/tools/testing/selftests/vhost_blk
+vmrun=$st/vm-run
+out=$VBP_BUILD/check
+rm -rf "$out"
+mkdir -p "$out"
+
+pass=0
+fail=0
+skip=0
+num=0
+
+# tap STATUS DESCRIPTION [DIRECTIVE]: one result line; it is counted in the
+# summary unless nocount=1.
+nocount=0
+tap() {
+	num=$((num + 1))
+	case "$1:${3:-}" in
+	ok:SKIP*)
+		[ $nocount = 1 ] || skip=$((skip + 1))
+		echo "ok $num $2 # ${3}" ;;
+	ok:*)
+		[ $nocount = 1 ] || pass=$((pass + 1))
+		echo "ok $num $2" ;;
+	*)
+		[ $nocount = 1 ] || fail=$((fail + 1))
+		echo "not ok $num $2${3:+ # $3}" ;;
+	esac
+}
+
+elapsed() {
+	echo "# $1: $(( $(date +%s) - $2 )) s"
+}
+
+# expect_run NAME WANT_RC OUTPUT_REGEX VM-RUN-ARGS...: run vm-run and check
+# its exit status and (if the regex is not empty) its combined output.
+expect_run() {
+	local name=$1 want=$2 re=$3 log rc
+
+	shift 3
+	log="$out/vmrun-$((num + 1)).log"
+	"$vmrun" "$@" > "$log" 2>&1
+	rc=$?
+	if [ "$rc" != "$want" ]; then
+		sed 's/^/# /' "$log" | tail -n 20
+		tap "not ok" "$name" "exit $rc, expected $want"
+	elif [ -n "$re" ] && ! grep -Eq "$re" "$log"; then
+		sed 's/^/# /' "$log" | tail -n 20
+		tap "not ok" "$name" "output lacks /$re/"
+	else
+		tap ok "$name"
+	fi
+}
+
+suite_vmrun() {
+	local t0
+
+	t0=$(date +%s)
+	expect_run "vm-run: a clean command passes and its output is shown" 0 \
+		'^marker-42$' -t 300 -- bash -c 'echo marker-$((6 * 7))'
+	expect_run "vm-run: the command's exit status is returned" 3 '' \
+		-t 300 -- bash -c 'exit 3'
+	expect_run "vm-run: a kernel warning fails the run" 125 \
+		'kernel reports.*|WARNING:' \
+		-t 300 -- insmod "$st/test_modules/test_vmrun_warn.ko"
+	expect_run "vm-run: a guest that dies fails the run" 125 \
+		'guest died' -t 300 -- bash -c 'echo c > /proc/sysrq-trigger'
+	expect_run "vm-run: the timeout stops a hung command" 124 'timeout' \
+		-t 40 -- sleep 100000
+	expect_run "vm-run: boots a nested VM from inside a VM" 0 '^nested-42$' \
+		-m 3G -t 1200 -- "$vmrun" -m 1G -t 1000 -- \
+		bash -c 'echo nested-$((6 * 7))'
+	elapsed "vm-run suite" "$t0"
+}
+
+# Count a kselftest run's results: the subtests of each test where it
+# reports them, the test itself otherwise; a test that failed with all its
+# subtests passing counts as one more failure.
+count_kselftest() {
+	awk '
+	/^# (not )?ok [0-9]+ / {
+		if ($0 ~ /^# ok .*# *SKIP/) bs++
+		else if ($2 == "ok") bp++
+		else bf++
+		next
+	}
+	/^(not )?ok [0-9]+ selftests: / {
+		if (bp + bf + bs == 0) {
+			if ($0 ~ /^ok .*# *SKIP/) s++
+			else if ($1 == "ok") p++
+			else f++
+		} else {
+			p += bp; f += bf; s += bs
+			if ($1 == "not" && bf == 0)
+				f++
+		}
+		bp = bf = bs = 0
+	}
+	END { print p + 0, f + 0, s + 0 }
+	' "$1"
+}
+
+suite_kselftest() {
+	local t0 tests disk log rc counts p f s
+
+	t0=$(date +%s)
+	mapfile -t tests < <(make -s -C "$st" emit_tests 2>/dev/null |
+			     sed -n 's/^[^:]*://p')
+	if [ ${#tests[@]} = 0 ]; then
+		tap "not ok" "kselftest: list of tests" "make emit_tests listed none"
+		return
+	fi
+	# A stock virtio-blk disk (64 MiB, two queues) for virtio_blk_poll.
+	disk=$out/disk0.img
+	truncate -s 64M "$disk"
+	log=$out/kselftest.log
+	(cd "$st" && "$vmrun" -c 2 -m 2G -t 2400 \
+		-a -drive -a "file=$disk,if=none,id=d0,format=raw,cache=none,aio=threads" \
+		-a -device -a "virtio-blk-pci,drive=d0,num-queues=2,serial=vbp-disk0" \
+		-e VBP_TEST_VIRTIO_BLK=131072:2 \
+		-e "BASE_DIR=$VBP_ROOT/tools/testing/selftests" \
+		-- bash -c '. ../kselftest/runner.sh && run_many "$@"' run \
+		"${tests[@]/#/./}") > "$log" 2>&1 &
+	# Show the run as it goes, as comments of this TAP stream.
+	tail -n +1 -F --pid=$! "$log" 2>/dev/null | sed -u 's/^/# /'
+	wait $!
+	rc=$?
+	# One line per test here; the summary counts their subtests.
+	nocount=1
+	while read -r line; do
+		if [[ "$line" =~ ^ok\ [0-9]+\ selftests:\ ([^#]*)(#\ *(SKIP.*))? ]]; then
+			tap ok "kselftest: ${BASH_REMATCH[1]% }" "${BASH_REMATCH[3]}"
+		elif [[ "$line" =~ ^not\ ok\ [0-9]+\ selftests:\ ([^#]*)(#\ *(.*))? ]]; then
+			tap "not ok" "kselftest: ${BASH_REMATCH[1]% }" "${BASH_REMATCH[3]}"
+		fi
+	done < "$log"
+	nocount=0
+	counts=$(count_kselftest "$log")
+	read -r p f s <<< "$counts"
+	pass=$((pass + p))
+	fail=$((fail + f))
+	skip=$((skip + s))
+	if [ "$rc" = 124 ] || [ "$rc" = 125 ]; then
+		tap "not ok" "kselftest: the VM ran to the end with a clean kernel log" "vm-run exit $rc"
+	fi
+	elapsed "kselftest suite" "$t0"
+}
+
+echo "TAP version 13"
+for s in $suites; do
+	case "$s" in
+	vmrun) suite_vmrun ;;
+	kselftest) suite_kselftest ;;
+	*) tap "not ok" "suite $s" "no such suite" ;;
+	esac
+done
+echo "1..$num"
+echo "check: $pass passed, $fail failed, $skip skipped"
+[ "$fail" = 0 ]
