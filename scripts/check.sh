@@ -75,6 +75,7 @@ suite_vmrun() {
 	local t0
 
 	t0=$(date +%s)
+	# shellcheck disable=SC2016 # expanded by the guest's shell
 	expect_run "vm-run: a clean command passes and its output is shown" 0 \
 		'^marker-42$' -t 300 -- bash -c 'echo marker-$((6 * 7))'
 	expect_run "vm-run: the command's exit status is returned" 3 '' \
@@ -86,6 +87,7 @@ suite_vmrun() {
 		'guest died' -t 300 -- bash -c 'echo c > /proc/sysrq-trigger'
 	expect_run "vm-run: the timeout stops a hung command" 124 'timeout' \
 		-t 40 -- sleep 100000
+	# shellcheck disable=SC2016 # expanded by the guest's shell
 	expect_run "vm-run: boots a nested VM from inside a VM" 0 '^nested-42$' \
 		-m 3G -t 1200 -- "$vmrun" -m 1G -t 1000 -- \
 		bash -c 'echo nested-$((6 * 7))'

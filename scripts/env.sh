@@ -1,5 +1,6 @@
 #!/bin/bash
 # SPDX-License-Identifier: GPL-2.0
+# shellcheck disable=SC2034 # the variables are for the scripts that source this
 #
 # The facts every script of the project derives its paths from, defined once.
 # Source it from bash, or run it to print one value: scripts/env.sh KVER

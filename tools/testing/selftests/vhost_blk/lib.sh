@@ -1,4 +1,5 @@
 # SPDX-License-Identifier: GPL-2.0
+# shellcheck shell=bash disable=SC2034 # variables for the tests that source this
 #
 # Shared by the shell selftests: where the freshly built modules are and how
 # to load them.  The kernel's own modules (vhost, ...) come from the Debian
@@ -37,9 +38,7 @@ vbp_unload_guest() {
 
 # Wait up to 5 s for a path to appear (devtmpfs creates nodes asynchronously).
 vbp_wait_for() {
-	local i
-
-	for i in $(seq 50); do
+	for _ in $(seq 50); do
 		[ -e "$1" ] && return 0
 		sleep 0.1
 	done

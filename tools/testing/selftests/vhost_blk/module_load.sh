@@ -74,7 +74,7 @@ no_steady_growth() {
 		     '$2 >= n && $3 >= n && $1 ~ w { print $1, $2, $3 }')
 	if [ -n "$growth" ]; then
 		echo "# slab caches growing with every run (cache round1 round2):"
-		echo "$growth" | sed 's/^/#   /'
+		while read -r l; do echo "#   $l"; done <<< "$growth"
 	else
 		ok=1
 	fi

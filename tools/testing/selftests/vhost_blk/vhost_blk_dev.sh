@@ -20,4 +20,4 @@ for params in "" "max_queues=1"; do
 	"$VBP_SELFTEST_DIR/vhost_blk_dev_test" || rc=$KSFT_FAIL
 	vbp_unload_host || rc=$KSFT_FAIL
 done
-exit $rc
+exit "$rc"

@@ -30,7 +30,7 @@
 #define DEV_PATH	"/dev/vhost-blk-poll"
 #define MAXQ_PARAM	"/sys/module/vhost_blk_poll/parameters/max_queues"
 #define RING_SIZE	256
-#define MEM_SIZE	(1UL << 20)
+#define MEM_SIZE	(1024 * 1024UL)
 
 static const uint64_t required_features =
 	(1ULL << VIRTIO_F_VERSION_1) |

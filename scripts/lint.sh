@@ -1,0 +1,86 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# The checks a kernel reviewer runs, on the project's own files; exits
+# non-zero on any finding:
+#   checkpatch.pl --strict   kernel C and headers
+#   W=1                      the modules, rebuilt from clean
+#   sparse (C=2)             the modules
+#   kernel-doc -Wall         the uapi header
+#   shell scripts            shellcheck
+
+set -uo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=scripts/env.sh
+. "$here/env.sh"
+cd "$VBP_ROOT" || exit 1
+
+ksrc=$VBP_KSRC_DIR
+failed=()
+vhost_inc=$ksrc/drivers/vhost
+[ -e "$KDIR/drivers/vhost/vhost.h" ] && vhost_inc=$KDIR/drivers/vhost
+kbuild=(make -s -C "$KDIR" M="$VBP_ROOT" CONFIG_VHOST_BLK_POLL=m
+	CONFIG_VIRTIO_BLK_POLL=m VBP_VHOST_INC="$vhost_inc")
+
+# step NAME CMD...: run a check, show its findings, remember a failure.
+step() {
+	local name=$1 log
+
+	shift
+	log=$(mktemp)
+	if "$@" > "$log" 2>&1; then
+		echo "lint: $name: clean"
+	else
+		sed 's/^/    /' "$log"
+		echo "lint: $name: FAILED"
+		failed+=("$name")
+	fi
+	rm -f "$log"
+}
+
+mapfile -t kernel_c < <(git ls-files -- '*.c' '*.h')
+mapfile -t shell < <(git ls-files -- '*.sh' .ci/run \
+		     tools/testing/selftests/vhost_blk/vm-run)
+
+checkpatch() {
+	local f rc=0
+
+	for f in "${kernel_c[@]}"; do
+		"$ksrc/scripts/checkpatch.pl" --strict --no-tree --terse \
+			--show-types -f "$f" || rc=1
+	done
+	return $rc
+}
+
+# A build whose output holds no warning (kbuild prints them, it does not
+# fail on them).
+build_clean() {
+	local out rc
+
+	"${kbuild[@]}" clean >/dev/null 2>&1
+	out=$("${kbuild[@]}" "$@" modules 2>&1)
+	rc=$?
+	echo "$out"
+	[ $rc = 0 ] && ! grep -Eq 'warning:|error:' <<< "$out"
+}
+
+step checkpatch checkpatch
+step "W=1" build_clean W=1
+if command -v sparse >/dev/null; then
+	step sparse build_clean C=2 CHECK="sparse -Wbitwise -Wno-decl"
+else
+	echo "lint: sparse: not installed (make deps)"
+	failed+=(sparse)
+fi
+step kernel-doc "$ksrc/scripts/kernel-doc" -none -Wall include/uapi/linux/vhost_blk.h
+step shellcheck shellcheck -x "${shell[@]}"
+
+# Leave the modules built as "make" would.
+"${kbuild[@]}" W=1 modules >/dev/null 2>&1
+
+if [ ${#failed[@]} -gt 0 ]; then
+	echo "lint: failed: ${failed[*]}"
+	exit 1
+fi
+echo "lint: all clean"
