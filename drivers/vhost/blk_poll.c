@@ -198,6 +198,10 @@ static long vhost_blk_ioctl(struct file *f, unsigned int ioctl,
 		return vhost_blk_set_features(blk, features);
 	case VHOST_RESET_OWNER:
 		return vhost_blk_reset_owner(blk);
+	case VHOST_BLK_SET_BACKEND:
+	case VHOST_BLK_SET_VRING_CPU:
+		/* Part of the ABI, not supported by this version. */
+		return -ENOTTY;
 	case VHOST_NEW_WORKER:
 	case VHOST_FREE_WORKER:
 	case VHOST_ATTACH_VRING_WORKER:
