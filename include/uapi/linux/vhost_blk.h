@@ -12,6 +12,7 @@
 
 #include <linux/ioctl.h>
 #include <linux/vhost.h>
+#include <linux/virtio_blk.h>
 
 /**
  * define VHOST_BLK_SET_BACKEND - attach or detach the backing store
@@ -31,5 +32,32 @@
  */
 #define VHOST_BLK_SET_VRING_CPU		_IOW(VHOST_VIRTIO, 0x91, \
 					     struct vhost_vring_state)
+
+/**
+ * define VHOST_BLK_SET_SERIAL - set the device's serial number
+ *
+ * The argument points to VIRTIO_BLK_ID_BYTES (20) bytes that the device
+ * returns for VIRTIO_BLK_T_GET_ID requests; shorter serials are padded with
+ * NUL bytes.  The default is all NUL bytes.
+ */
+#define VHOST_BLK_SET_SERIAL		_IOW(VHOST_VIRTIO, 0x92, \
+					     char[VIRTIO_BLK_ID_BYTES])
+
+/**
+ * define VHOST_BLK_MAX_DISCARD_SECTORS - limit of one discard segment
+ *
+ * The most 512-byte sectors one discard or write-zeroes segment may cover;
+ * a virtual machine monitor advertises it (or less) as max_discard_sectors
+ * and max_write_zeroes_sectors in the device's configuration space.
+ */
+#define VHOST_BLK_MAX_DISCARD_SECTORS	(1U << 22)
+
+/**
+ * define VHOST_BLK_MAX_DISCARD_SEG - segments in one discard request
+ *
+ * The most segments one discard or write-zeroes request may carry
+ * (max_discard_seg and max_write_zeroes_seg in configuration space).
+ */
+#define VHOST_BLK_MAX_DISCARD_SEG	1
 
 #endif /* _UAPI_LINUX_VHOST_BLK_H */

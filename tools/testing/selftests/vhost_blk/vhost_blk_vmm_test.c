@@ -1,0 +1,2494 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * A mini virtual machine monitor and virtio-blk guest driver in one process,
+ * run against /dev/vhost-blk-poll.  The process's own memory is the guest's
+ * memory: two regions at distant guest-physical addresses, each its own
+ * anonymous mapping.  The test lays split virtqueues out in it, negotiates
+ * the features, attaches a backing file or block device and checks what the
+ * device does with well-formed and malformed requests, byte for byte against
+ * the backing store.
+ *
+ * Needs root and the module loaded.  Environment:
+ *   VBP_TEST_DIR   directory for the 64 MiB backing file (default /tmp)
+ *   VBP_TEST_BDEV  a block device the tests may overwrite (32 MiB at least);
+ *                  without it the block-device variants are skipped
+ */
+
+#define _GNU_SOURCE
+#include <endian.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/types.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <linux/fs.h>
+#include <linux/vhost.h>
+#include <linux/vhost_blk.h>
+#include <linux/virtio_blk.h>
+#include <linux/virtio_config.h>
+#include <linux/virtio_ring.h>
+
+#include "../kselftest_harness.h"
+
+#ifndef VHOST_BLK_SET_SERIAL
+#define VHOST_BLK_SET_SERIAL	_IOW(VHOST_VIRTIO, 0x92, char[20])
+#endif
+#ifndef VHOST_BLK_MAX_DISCARD_SEG
+#define VHOST_BLK_MAX_DISCARD_SEG	1
+#endif
+
+#define DEV_PATH	"/dev/vhost-blk-poll"
+#define MAXQ_PARAM	"/sys/module/vhost_blk_poll/parameters/max_queues"
+
+#define SECTOR		512
+#define QSIZE		256		/* descriptors of each virtqueue */
+#define MAX_QUEUES	4		/* virtqueues the VMM sets up */
+#define IND_MAX		64		/* entries of an indirect table */
+#define MAX_DATA	(IND_MAX - 2)	/* data segments of one request */
+#define HDR_SIZE	16		/* struct virtio_blk_outhdr */
+
+/* Guest memory: two regions, a hole between them. */
+#define NREGIONS	2
+#define REGION_SIZE	(16ULL << 20)
+#define REGION1_GPA	0x40000000ULL
+#define HOLE_GPA	0x20000000ULL	/* mapped by neither region */
+/* Kept free at the end of region 0 and the start of region 1. */
+#define EDGE_SIZE	(64ULL << 10)
+
+#define FILE_SIZE	(64ULL << 20)
+#define MIN_BDEV_SIZE	(32ULL << 20)
+
+#define WAIT_MS		5000	/* longest wait for a completion */
+#define QUIET_MS	500	/* how long a stopped ring is watched */
+#define RD_MAX		(64 << 10)	/* largest check_dev() read */
+
+/* A free sector range for each test that needs one (in sectors). */
+#define ALIVE_SECTOR	9000
+#define DZ_SECTOR	3000
+#define DZ_LEN		64
+
+/* The queues x requests test. */
+#define BIG_REQS	1000
+#define BIG_BATCH	128
+#define BIG_LEN		4096
+#define BIG_BASE	32768	/* first sector; queues follow each other */
+
+static const uint64_t region_gpa[NREGIONS] = { 0, REGION1_GPA };
+
+/* Device-specific features negotiated whenever the device offers them. */
+static const uint64_t blk_features =
+	(1ULL << VIRTIO_BLK_F_SEG_MAX) |
+	(1ULL << VIRTIO_BLK_F_BLK_SIZE) |
+	(1ULL << VIRTIO_BLK_F_FLUSH) |
+	(1ULL << VIRTIO_BLK_F_MQ) |
+	(1ULL << VIRTIO_BLK_F_DISCARD) |
+	(1ULL << VIRTIO_BLK_F_WRITE_ZEROES);
+
+/* ------------------------------------------------------------------ */
+/* The mini-VMM: guest memory, split virtqueues, notifications          */
+/* ------------------------------------------------------------------ */
+
+/* One buffer of a request, as the guest describes it. */
+struct seg {
+	uint64_t gpa;
+	uint32_t len;
+	bool wr;		/* device-writable */
+};
+
+struct vq {
+	/* The ring, in guest memory. */
+	struct vring_desc *desc;
+	struct vring_avail *avail;
+	struct vring_used *used;
+	uint16_t *used_event;	/* after avail->ring[], written by us */
+	uint16_t *avail_event;	/* after used->ring[], written by the device */
+	uint64_t ind_gpa;	/* QSIZE indirect tables, one per head */
+	int kick;
+	int call;
+	int err;		/* the device reports a broken ring here */
+	uint16_t avail_idx;	/* avail entries written */
+	uint16_t published;	/* avail->idx as last published */
+	uint16_t last_used;	/* used entries consumed */
+	unsigned int inflight;
+	unsigned int nfree;
+	uint16_t free[QSIZE];	/* stack of free descriptors */
+	/* Our own copy of the chains: the device cannot corrupt it. */
+	uint16_t next[QSIZE];
+	uint16_t ndesc[QSIZE];	/* descriptors of the chain at a head, or 0 */
+	uint32_t tag[QSIZE];	/* the submitter's tag of a head's request */
+};
+
+struct vmm {
+	int fd;
+	unsigned int nvqs;	/* virtqueues of the device */
+	unsigned int nq;	/* virtqueues set up */
+	bool event_idx;
+	bool indirect;
+	uint64_t features;
+	char *mem[NREGIONS];
+	uint64_t brk[NREGIONS];	/* bump allocator: next free offset */
+	uint64_t end[NREGIONS];	/* and where it stops */
+	struct vq vq[MAX_QUEUES];
+};
+
+/* A completion taken from a used ring. */
+struct used {
+	uint16_t head;
+	uint32_t len;
+	uint32_t tag;
+};
+
+static int64_t now_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000000LL + ts.tv_nsec / 1000;
+}
+
+static int read_max_queues(void)
+{
+	char buf[16] = "";
+	int fd, n;
+
+	fd = open(MAXQ_PARAM, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	return n > 0 ? atoi(buf) : -1;
+}
+
+/*
+ * Guest-physical to VMM address of [gpa, gpa + len).  The range is the
+ * test's own doing, so one outside guest memory is a bug of the test.
+ */
+static void *gpa_to_hva(struct vmm *v, uint64_t gpa, uint64_t len)
+{
+	unsigned int i;
+
+	for (i = 0; i < NREGIONS; i++) {
+		if (gpa >= region_gpa[i] && len <= REGION_SIZE &&
+		    gpa - region_gpa[i] <= REGION_SIZE - len)
+			return v->mem[i] + (gpa - region_gpa[i]);
+	}
+	fprintf(stderr, "# GPA %#llx+%llu is not guest memory\n",
+		(unsigned long long)gpa, (unsigned long long)len);
+	abort();
+}
+
+/* VMM address to guest-physical; ~0 when it is not guest memory. */
+static uint64_t hva_to_gpa(struct vmm *v, const void *p)
+{
+	const char *c = p;
+	unsigned int i;
+
+	for (i = 0; i < NREGIONS; i++) {
+		if (c >= v->mem[i] && c < v->mem[i] + REGION_SIZE)
+			return region_gpa[i] + (uint64_t)(c - v->mem[i]);
+	}
+	return ~0ULL;
+}
+
+/* Bump allocator of guest memory; align is a power of two. */
+static uint64_t galloc(struct vmm *v, unsigned int r, uint64_t size,
+		       uint64_t align)
+{
+	uint64_t off = (v->brk[r] + align - 1) & ~(align - 1);
+
+	if (off > v->end[r] || size > v->end[r] - off) {
+		fprintf(stderr, "# guest memory region %u exhausted\n", r);
+		abort();
+	}
+	v->brk[r] = off + size;
+	return region_gpa[r] + off;
+}
+
+static uint8_t *gptr(struct vmm *v, uint64_t gpa)
+{
+	return gpa_to_hva(v, gpa, 1);
+}
+
+static void drain(int efd)
+{
+	uint64_t cnt;
+
+	if (read(efd, &cnt, sizeof(cnt)) < 0 && errno != EAGAIN)
+		fprintf(stderr, "# eventfd read: %s\n", strerror(errno));
+}
+
+/* Opens the device and lays the rings out in fresh guest memory. */
+static void vmm_init(struct __test_metadata *_metadata, struct vmm *v,
+		     bool event_idx, bool indirect)
+{
+	unsigned int i;
+	int nvqs;
+
+	v->fd = open(DEV_PATH, O_RDWR | O_CLOEXEC);
+	ASSERT_LE(0, v->fd) TH_LOG("open %s: %s", DEV_PATH, strerror(errno));
+	nvqs = read_max_queues();
+	ASSERT_LT(0, nvqs);
+	v->nvqs = nvqs;
+	v->nq = v->nvqs < MAX_QUEUES ? v->nvqs : MAX_QUEUES;
+	v->event_idx = event_idx;
+	v->indirect = indirect;
+
+	for (i = 0; i < NREGIONS; i++) {
+		v->mem[i] = mmap(NULL, REGION_SIZE, PROT_READ | PROT_WRITE,
+				 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		ASSERT_NE(MAP_FAILED, v->mem[i]);
+	}
+	v->brk[0] = 0;
+	v->end[0] = REGION_SIZE - EDGE_SIZE;
+	v->brk[1] = EDGE_SIZE;
+	v->end[1] = REGION_SIZE;
+	ASSERT_EQ(REGION1_GPA + 5,
+		  hva_to_gpa(v, gpa_to_hva(v, REGION1_GPA + 5, 1)));
+
+	/* Rings in region 0, indirect tables in region 1. */
+	for (i = 0; i < MAX_QUEUES; i++) {
+		struct vq *vq = &v->vq[i];
+
+		vq->desc = gpa_to_hva(v, galloc(v, 0, 16 * QSIZE, 4096),
+				      16 * QSIZE);
+		vq->avail = gpa_to_hva(v, galloc(v, 0, 6 + 2 * QSIZE, 4096),
+				       6 + 2 * QSIZE);
+		vq->used = gpa_to_hva(v, galloc(v, 0, 6 + 8 * QSIZE, 4096),
+				      6 + 8 * QSIZE);
+		vq->used_event = (uint16_t *)&vq->avail->ring[QSIZE];
+		vq->avail_event = (uint16_t *)&vq->used->ring[QSIZE];
+		vq->ind_gpa = galloc(v, 1, 16ULL * IND_MAX * QSIZE, 4096);
+		vq->kick = -1;
+		vq->call = -1;
+		vq->err = -1;
+	}
+}
+
+static void vmm_close(struct vmm *v)
+{
+	unsigned int i;
+
+	if (v->fd >= 0)
+		close(v->fd);
+	v->fd = -1;
+	for (i = 0; i < MAX_QUEUES; i++) {
+		if (v->vq[i].kick >= 0)
+			close(v->vq[i].kick);
+		if (v->vq[i].call >= 0)
+			close(v->vq[i].call);
+		if (v->vq[i].err >= 0)
+			close(v->vq[i].err);
+		v->vq[i].kick = -1;
+		v->vq[i].call = -1;
+		v->vq[i].err = -1;
+	}
+	for (i = 0; i < NREGIONS; i++) {
+		if (v->mem[i] && v->mem[i] != MAP_FAILED)
+			munmap(v->mem[i], REGION_SIZE);
+		v->mem[i] = NULL;
+	}
+}
+
+static int vmm_set_backend(struct vmm *v, int fd)
+{
+	return ioctl(v->fd, VHOST_BLK_SET_BACKEND, &fd) ? -errno : 0;
+}
+
+/* An empty ring, fresh eventfds, and the vring ioctls for queue q. */
+static void vq_setup(struct __test_metadata *_metadata, struct vmm *v,
+		     unsigned int q)
+{
+	struct vq *vq = &v->vq[q];
+	struct vhost_vring_state s = { .index = q };
+	struct vhost_vring_addr a = { .index = q };
+	struct vhost_vring_file f = { .index = q };
+	unsigned int i;
+
+	memset(vq->desc, 0, 16 * QSIZE);
+	memset(vq->avail, 0, 6 + 2 * QSIZE);
+	memset(vq->used, 0, 6 + 8 * QSIZE);
+	vq->avail_idx = 0;
+	vq->published = 0;
+	vq->last_used = 0;
+	vq->inflight = 0;
+	vq->nfree = QSIZE;
+	for (i = 0; i < QSIZE; i++) {
+		vq->free[i] = QSIZE - 1 - i;
+		vq->ndesc[i] = 0;
+	}
+
+	if (vq->kick >= 0)
+		close(vq->kick);
+	if (vq->call >= 0)
+		close(vq->call);
+	if (vq->err >= 0)
+		close(vq->err);
+	vq->kick = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	vq->call = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	vq->err = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	ASSERT_LE(0, vq->kick);
+	ASSERT_LE(0, vq->call);
+	ASSERT_LE(0, vq->err);
+
+	s.num = QSIZE;
+	ASSERT_EQ(0, ioctl(v->fd, VHOST_SET_VRING_NUM, &s))
+		TH_LOG("vring %u num: %s", q, strerror(errno));
+	s.num = 0;
+	ASSERT_EQ(0, ioctl(v->fd, VHOST_SET_VRING_BASE, &s))
+		TH_LOG("vring %u base: %s", q, strerror(errno));
+	a.desc_user_addr = (uintptr_t)vq->desc;
+	a.avail_user_addr = (uintptr_t)vq->avail;
+	a.used_user_addr = (uintptr_t)vq->used;
+	ASSERT_EQ(0, ioctl(v->fd, VHOST_SET_VRING_ADDR, &a))
+		TH_LOG("vring %u addr: %s", q, strerror(errno));
+	f.fd = vq->kick;
+	ASSERT_EQ(0, ioctl(v->fd, VHOST_SET_VRING_KICK, &f))
+		TH_LOG("vring %u kick: %s", q, strerror(errno));
+	f.fd = vq->call;
+	ASSERT_EQ(0, ioctl(v->fd, VHOST_SET_VRING_CALL, &f))
+		TH_LOG("vring %u call: %s", q, strerror(errno));
+	f.fd = vq->err;
+	ASSERT_EQ(0, ioctl(v->fd, VHOST_SET_VRING_ERR, &f))
+		TH_LOG("vring %u err: %s", q, strerror(errno));
+}
+
+/*
+ * What a VMM does to start the device: ownership, features, memory map,
+ * vrings, and the backend last (the vring setup is refused once a backend
+ * is attached).
+ */
+static void vmm_start(struct __test_metadata *_metadata, struct vmm *v,
+		      int backend)
+{
+	struct vhost_memory *mem;
+	uint64_t offered = 0, want;
+	unsigned int i;
+	int ret;
+
+	ASSERT_EQ(0, ioctl(v->fd, VHOST_SET_OWNER))
+		TH_LOG("VHOST_SET_OWNER: %s", strerror(errno));
+	ASSERT_EQ(0, ioctl(v->fd, VHOST_GET_FEATURES, &offered));
+	want = (1ULL << VIRTIO_F_VERSION_1) | (offered & blk_features);
+	if (v->event_idx)
+		want |= 1ULL << VIRTIO_RING_F_EVENT_IDX;
+	if (v->indirect)
+		want |= 1ULL << VIRTIO_RING_F_INDIRECT_DESC;
+	ASSERT_EQ(want, want & offered)
+		TH_LOG("device lacks features %#llx",
+		       (unsigned long long)(want & ~offered));
+	ASSERT_EQ(0, ioctl(v->fd, VHOST_SET_FEATURES, &want))
+		TH_LOG("VHOST_SET_FEATURES: %s", strerror(errno));
+	v->features = want;
+
+	mem = calloc(1, sizeof(*mem) + NREGIONS * sizeof(mem->regions[0]));
+	ASSERT_NE(NULL, mem);
+	mem->nregions = NREGIONS;
+	for (i = 0; i < NREGIONS; i++) {
+		mem->regions[i].guest_phys_addr = region_gpa[i];
+		mem->regions[i].memory_size = REGION_SIZE;
+		mem->regions[i].userspace_addr = (uintptr_t)v->mem[i];
+	}
+	ret = ioctl(v->fd, VHOST_SET_MEM_TABLE, mem);
+	free(mem);
+	ASSERT_EQ(0, ret) TH_LOG("VHOST_SET_MEM_TABLE: %s", strerror(errno));
+
+	for (i = 0; i < v->nq; i++)
+		vq_setup(_metadata, v, i);
+
+	ret = vmm_set_backend(v, backend);
+	ASSERT_EQ(0, ret) TH_LOG("VHOST_BLK_SET_BACKEND: %s", strerror(-ret));
+}
+
+/* Closes the device and starts a fresh one on the same guest memory. */
+static void vmm_reopen(struct __test_metadata *_metadata, struct vmm *v,
+		       int backend)
+{
+	if (v->fd >= 0)
+		close(v->fd);
+	v->fd = open(DEV_PATH, O_RDWR | O_CLOEXEC);
+	ASSERT_LE(0, v->fd) TH_LOG("open %s: %s", DEV_PATH, strerror(errno));
+	vmm_start(_metadata, v, backend);
+}
+
+static void desc_set(struct vring_desc *d, uint64_t addr, uint32_t len,
+		     uint16_t flags, uint16_t next)
+{
+	d->addr = htole64(addr);
+	d->len = htole32(len);
+	d->flags = htole16(flags);
+	d->next = htole16(next);
+}
+
+/* A free descriptor of the ring; the caller checked there is one. */
+static uint16_t vq_pop_desc(struct vq *vq)
+{
+	return vq->free[--vq->nfree];
+}
+
+/* Makes the chain at head an avail entry (visible once published). */
+static void vq_push(struct vq *vq, uint16_t head, uint16_t ndesc,
+		    uint32_t tag)
+{
+	vq->ndesc[head] = ndesc;
+	vq->tag[head] = tag;
+	vq->avail->ring[vq->avail_idx % QSIZE] = htole16(head);
+	vq->avail_idx++;
+	vq->inflight++;
+}
+
+/*
+ * Adds a request made of n segments to queue q: a chain of descriptors, or
+ * one descriptor pointing to an indirect table of them.  Returns the head,
+ * or -1 when the ring lacks free descriptors.  The device sees the request
+ * after vq_kick().
+ */
+static int vq_add(struct vmm *v, unsigned int q, const struct seg *s,
+		  unsigned int n, bool indirect, uint32_t tag)
+{
+	struct vq *vq = &v->vq[q];
+	unsigned int i, nd = indirect ? 1 : n;
+	struct vring_desc *tbl;
+	uint16_t id[QSIZE];
+	uint64_t tgpa;
+	bool more;
+
+	if (!n || n > QSIZE || nd > vq->nfree || (indirect && n > IND_MAX))
+		return -1;
+	for (i = 0; i < nd; i++)
+		id[i] = vq_pop_desc(vq);
+
+	if (indirect) {
+		tgpa = vq->ind_gpa + 16ULL * IND_MAX * id[0];
+		tbl = gpa_to_hva(v, tgpa, 16ULL * n);
+		for (i = 0; i < n; i++) {
+			more = i + 1 < n;
+			desc_set(&tbl[i], s[i].gpa, s[i].len,
+				 (s[i].wr ? VRING_DESC_F_WRITE : 0) |
+				 (more ? VRING_DESC_F_NEXT : 0),
+				 more ? i + 1 : 0);
+		}
+		desc_set(&vq->desc[id[0]], tgpa, 16 * n,
+			 VRING_DESC_F_INDIRECT, 0);
+		vq->next[id[0]] = 0;
+	} else {
+		for (i = 0; i < n; i++) {
+			more = i + 1 < n;
+			vq->next[id[i]] = more ? id[i + 1] : 0;
+			desc_set(&vq->desc[id[i]], s[i].gpa, s[i].len,
+				 (s[i].wr ? VRING_DESC_F_WRITE : 0) |
+				 (more ? VRING_DESC_F_NEXT : 0),
+				 vq->next[id[i]]);
+		}
+	}
+	vq_push(vq, id[0], nd, tag);
+	return id[0];
+}
+
+static bool vq_notify(struct vq *vq)
+{
+	uint64_t one = 1;
+
+	return write(vq->kick, &one, sizeof(one)) == sizeof(one);
+}
+
+/*
+ * Publishes the avail entries added since the last call and notifies the
+ * device unless it suppressed notifications.  Returns whether it kicked.
+ */
+static bool vq_kick(struct vmm *v, unsigned int q)
+{
+	struct vq *vq = &v->vq[q];
+	uint16_t old = vq->published, new = vq->avail_idx;
+	bool need;
+
+	if (old == new)
+		return false;
+	/* Descriptors and avail entries before the index. */
+	__atomic_store_n(&vq->avail->idx, htole16(new), __ATOMIC_RELEASE);
+	vq->published = new;
+	/* The index before we look at the device's suppression. */
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+	if (v->event_idx) {
+		uint16_t ev = __atomic_load_n(vq->avail_event,
+					      __ATOMIC_RELAXED);
+
+		need = vring_need_event(le16toh(ev), new, old);
+	} else {
+		uint16_t fl = __atomic_load_n(&vq->used->flags,
+					      __ATOMIC_RELAXED);
+
+		need = !(le16toh(fl) & VRING_USED_F_NO_NOTIFY);
+	}
+	return need && vq_notify(vq);
+}
+
+/* Whether the device reported a broken ring within ms; clears it. */
+static bool vq_err_signalled(struct vq *vq, int ms)
+{
+	struct pollfd pfd = { .fd = vq->err, .events = POLLIN };
+
+	if (poll(&pfd, 1, ms) != 1)
+		return false;
+	drain(vq->err);
+	return true;
+}
+
+static uint16_t vq_used_idx(struct vq *vq)
+{
+	return le16toh(__atomic_load_n(&vq->used->idx, __ATOMIC_ACQUIRE));
+}
+
+static bool vq_has_used(struct vq *vq)
+{
+	return vq_used_idx(vq) != vq->last_used;
+}
+
+/*
+ * Takes the next used entry of queue q and frees its descriptors.  Returns
+ * 1, 0 when there is none, -1 when the device returned a head that is not
+ * in flight.
+ */
+static int vq_get_used(struct vmm *v, unsigned int q, struct used *u)
+{
+	struct vq *vq = &v->vq[q];
+	struct vring_used_elem *e;
+	uint32_t id;
+	uint16_t d;
+	unsigned int i;
+
+	if (!vq_has_used(vq))
+		return 0;
+	e = &vq->used->ring[vq->last_used % QSIZE];
+	id = le32toh(e->id);
+	if (id >= QSIZE || !vq->ndesc[id])
+		return -1;
+	u->head = id;
+	u->len = le32toh(e->len);
+	u->tag = vq->tag[id];
+	vq->last_used++;
+	for (i = 0, d = id; i < vq->ndesc[id]; i++, d = vq->next[d])
+		vq->free[vq->nfree++] = d;
+	vq->ndesc[id] = 0;
+	vq->inflight--;
+	return 1;
+}
+
+/*
+ * Waits until one of the queues in qmask has a used entry (true) or ms
+ * milliseconds have passed (false), sleeping on the call eventfds.
+ */
+static bool vmm_wait(struct vmm *v, unsigned int qmask, int ms)
+{
+	int64_t deadline = now_us() + ms * 1000LL, left;
+	struct pollfd pfd[MAX_QUEUES];
+	unsigned int q, n;
+
+	for (;;) {
+		n = 0;
+		for (q = 0; q < v->nq; q++) {
+			if (!(qmask & (1u << q)))
+				continue;
+			/* Ask for a notification on the next completion. */
+			if (v->event_idx)
+				__atomic_store_n(v->vq[q].used_event,
+						 htole16(v->vq[q].last_used),
+						 __ATOMIC_RELAXED);
+			pfd[n].fd = v->vq[q].call;
+			pfd[n].events = POLLIN;
+			pfd[n].revents = 0;
+			n++;
+		}
+		/* used_event before the used index: nothing slips by. */
+		__atomic_thread_fence(__ATOMIC_SEQ_CST);
+		for (q = 0; q < v->nq; q++) {
+			if ((qmask & (1u << q)) && vq_has_used(&v->vq[q]))
+				return true;
+		}
+		left = deadline - now_us();
+		if (left <= 0 || !n)
+			return false;
+		if (poll(pfd, n, (left + 999) / 1000) <= 0)
+			continue;
+		for (q = 0; q < n; q++) {
+			if (pfd[q].revents & POLLIN)
+				drain(pfd[q].fd);
+		}
+	}
+}
+
+/*
+ * Adds a request to queue q (through an indirect table when negotiated),
+ * kicks and waits for its completion; returns the used length.
+ */
+static uint32_t run_req(struct __test_metadata *_metadata, struct vmm *v,
+			unsigned int q, const struct seg *s, unsigned int n)
+{
+	struct used u = { 0 };
+	int head;
+
+	head = vq_add(v, q, s, n, v->indirect && n <= IND_MAX, 0);
+	ASSERT_LE(0, head) TH_LOG("no room for %u descriptors", n);
+	vq_kick(v, q);
+	ASSERT_TRUE(vmm_wait(v, 1u << q, WAIT_MS))
+		TH_LOG("queue %u: no completion within %d ms", q, WAIT_MS);
+	ASSERT_EQ(1, vq_get_used(v, q, &u))
+		TH_LOG("queue %u: used entry with a bad head", q);
+	EXPECT_EQ(head, u.head);
+	return u.len;
+}
+
+/* ------------------------------------------------------------------ */
+/* Backing store, data patterns                                         */
+/* ------------------------------------------------------------------ */
+
+struct backend {
+	bool bdev;
+	int fd;		/* O_RDWR, for the device */
+	int rofd;	/* O_RDONLY, for the device */
+	int chk;	/* what the test reads and writes the store through */
+	uint64_t size;
+	bool discard;	/* the store can discard (punch holes) */
+};
+
+static uint64_t mix64(uint64_t x)
+{
+	x ^= x >> 30;
+	x *= 0xbf58476d1ce4e5b9ULL;
+	x ^= x >> 27;
+	x *= 0x94d049bb133111ebULL;
+	return x ^ (x >> 31);
+}
+
+/* Pseudo-random bytes, the same for the same seed. */
+static void fill_rand(void *buf, size_t len, uint64_t seed)
+{
+	uint8_t *p = buf;
+	uint64_t r;
+	size_t i;
+
+	for (i = 0; i < len; i += sizeof(r)) {
+		seed += 0x9e3779b97f4a7c15ULL;
+		r = mix64(seed);
+		memcpy(p + i, &r, len - i < sizeof(r) ? len - i : sizeof(r));
+	}
+}
+
+/* Offset of the first byte that differs, -1 when none does. */
+static long first_diff(const void *a, const void *b, size_t len)
+{
+	const uint8_t *x = a, *y = b;
+	size_t i;
+
+	for (i = 0; i < len; i++) {
+		if (x[i] != y[i])
+			return i;
+	}
+	return -1;
+}
+
+static int full_io(int fd, bool wr, void *buf, size_t len, uint64_t off)
+{
+	char *p = buf;
+	ssize_t n;
+
+	while (len) {
+		n = wr ? pwrite(fd, p, len, off) : pread(fd, p, len, off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return n < 0 ? -errno : -EIO;
+		p += n;
+		len -= n;
+		off += n;
+	}
+	return 0;
+}
+
+/*
+ * Reads or writes the backing store behind the device's back.  A block
+ * device goes through O_DIRECT and an aligned bounce buffer, so that
+ * neither side sees a stale page cache.
+ */
+static int be_io(struct backend *be, bool wr, uint64_t off, void *buf,
+		 size_t len)
+{
+	uint64_t start = off & ~4095ULL;
+	uint64_t end = (off + len + 4095) & ~4095ULL;
+	void *b;
+	int ret;
+
+	if (!be->bdev)
+		return full_io(be->chk, wr, buf, len, off);
+	if (posix_memalign(&b, 4096, end - start))
+		return -ENOMEM;
+	ret = full_io(be->chk, false, b, end - start, start);
+	if (!ret && wr) {
+		memcpy((char *)b + (off - start), buf, len);
+		ret = full_io(be->chk, true, b, end - start, start);
+	} else if (!ret) {
+		memcpy(buf, (char *)b + (off - start), len);
+	}
+	free(b);
+	return ret;
+}
+
+static void be_close(struct backend *be)
+{
+	if (be->fd >= 0)
+		close(be->fd);
+	if (be->rofd >= 0)
+		close(be->rofd);
+	if (be->chk >= 0)
+		close(be->chk);
+	be->fd = -1;
+	be->rofd = -1;
+	be->chk = -1;
+}
+
+/* Whether the queue of a block device (or of its disk) discards. */
+static bool bdev_can_discard(const struct stat *st)
+{
+	static const char * const paths[] = {
+		"/sys/dev/block/%u:%u/queue/discard_max_bytes",
+		"/sys/dev/block/%u:%u/../queue/discard_max_bytes",
+	};
+	char path[128], buf[32] = "";
+	unsigned int i;
+	int fd, n;
+
+	for (i = 0; i < ARRAY_SIZE(paths); i++) {
+		snprintf(path, sizeof(path), paths[i], major(st->st_rdev),
+			 minor(st->st_rdev));
+		fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		n = read(fd, buf, sizeof(buf) - 1);
+		close(fd);
+		return n > 0 && strtoull(buf, NULL, 10) > 0;
+	}
+	return false;
+}
+
+/*
+ * The block device named by VBP_TEST_BDEV, or a new sparse file in
+ * VBP_TEST_DIR that is unlinked at once (nothing is left behind).
+ */
+static void be_open(struct __test_metadata *_metadata, struct backend *be,
+		    bool bdev)
+{
+	char path[PATH_MAX];
+	const char *dir;
+	struct stat st;
+
+	be->bdev = bdev;
+	if (bdev) {
+		snprintf(path, sizeof(path), "%s", getenv("VBP_TEST_BDEV"));
+		ASSERT_EQ(0, stat(path, &st))
+			TH_LOG("%s: %s", path, strerror(errno));
+		ASSERT_TRUE(S_ISBLK(st.st_mode))
+			TH_LOG("%s is not a block device", path);
+		be->fd = open(path, O_RDWR | O_CLOEXEC);
+		ASSERT_LE(0, be->fd) TH_LOG("%s: %s", path, strerror(errno));
+		be->rofd = open(path, O_RDONLY | O_CLOEXEC);
+		ASSERT_LE(0, be->rofd);
+		be->chk = open(path, O_RDWR | O_DIRECT | O_CLOEXEC);
+		ASSERT_LE(0, be->chk);
+		ASSERT_EQ(0, ioctl(be->fd, BLKGETSIZE64, &be->size));
+		be->discard = bdev_can_discard(&st);
+		if (be->size < MIN_BDEV_SIZE)
+			SKIP(return, "VBP_TEST_BDEV: smaller than %llu MiB",
+			     MIN_BDEV_SIZE >> 20);
+		return;
+	}
+
+	dir = getenv("VBP_TEST_DIR");
+	snprintf(path, sizeof(path), "%s/vhost_blk_vmm.XXXXXX",
+		 dir && *dir ? dir : "/tmp");
+	be->fd = mkostemp(path, O_CLOEXEC);
+	ASSERT_LE(0, be->fd) TH_LOG("%s: %s", path, strerror(errno));
+	be->rofd = open(path, O_RDONLY | O_CLOEXEC);
+	be->chk = open(path, O_RDWR | O_CLOEXEC);
+	unlink(path);
+	ASSERT_LE(0, be->rofd);
+	ASSERT_LE(0, be->chk);
+	ASSERT_EQ(0, ftruncate(be->fd, FILE_SIZE));
+	be->size = FILE_SIZE;
+	/* A hole in a hole: whether the file system can punch one. */
+	be->discard = !fallocate(be->chk,
+				 FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+				 FILE_SIZE - 4096, 4096);
+}
+
+/* ------------------------------------------------------------------ */
+/* The fixture and virtio-blk requests                                  */
+/* ------------------------------------------------------------------ */
+
+/* What a test works with. */
+struct ctx {
+	struct vmm v;
+	struct backend be;
+	uint64_t cap;		/* capacity in sectors */
+	uint64_t hdr;		/* scratch header */
+	uint64_t st;		/* scratch status byte */
+	uint64_t dz;		/* scratch discard/write-zeroes ranges */
+	uint64_t rd;		/* scratch read buffer, RD_MAX bytes */
+	uint64_t alive;		/* 4 KiB for check_alive() */
+	uint64_t seed;
+};
+
+FIXTURE(vmm) {
+	struct ctx c;
+};
+
+FIXTURE_VARIANT(vmm) {
+	bool bdev;
+	bool event_idx;
+	bool indirect;
+};
+
+FIXTURE_VARIANT_ADD(vmm, file) {
+	.bdev = false, .event_idx = false, .indirect = false,
+};
+
+FIXTURE_VARIANT_ADD(vmm, file_event_idx) {
+	.bdev = false, .event_idx = true, .indirect = false,
+};
+
+FIXTURE_VARIANT_ADD(vmm, file_indirect) {
+	.bdev = false, .event_idx = false, .indirect = true,
+};
+
+FIXTURE_VARIANT_ADD(vmm, file_event_idx_indirect) {
+	.bdev = false, .event_idx = true, .indirect = true,
+};
+
+FIXTURE_VARIANT_ADD(vmm, bdev) {
+	.bdev = true, .event_idx = false, .indirect = false,
+};
+
+FIXTURE_VARIANT_ADD(vmm, bdev_event_idx) {
+	.bdev = true, .event_idx = true, .indirect = false,
+};
+
+FIXTURE_VARIANT_ADD(vmm, bdev_indirect) {
+	.bdev = true, .event_idx = false, .indirect = true,
+};
+
+FIXTURE_VARIANT_ADD(vmm, bdev_event_idx_indirect) {
+	.bdev = true, .event_idx = true, .indirect = true,
+};
+
+FIXTURE_SETUP(vmm)
+{
+	struct ctx *c = &self->c;
+	struct vmm *v = &c->v;
+
+	v->fd = -1;
+	c->be.fd = -1;
+	c->be.rofd = -1;
+	c->be.chk = -1;
+	if (variant->bdev && !getenv("VBP_TEST_BDEV"))
+		SKIP(return, "VBP_TEST_BDEV names no block device");
+	be_open(_metadata, &c->be, variant->bdev);
+	if (_metadata->exit_code)
+		return;
+	c->cap = c->be.size / SECTOR;
+	c->seed = mix64(now_us() ^ ((uint64_t)getpid() << 32));
+
+	vmm_init(_metadata, v, variant->event_idx, variant->indirect);
+	c->hdr = galloc(v, 0, HDR_SIZE, 64);
+	c->st = galloc(v, 0, 1, 64);
+	c->dz = galloc(v, 0, 4096, 4096);
+	c->rd = galloc(v, 1, RD_MAX, 4096);
+	c->alive = galloc(v, 0, 4096, 4096);
+	vmm_start(_metadata, v, c->be.fd);
+}
+
+FIXTURE_TEARDOWN(vmm)
+{
+	struct ctx *c = &self->c;
+
+	vmm_close(&c->v);
+	be_close(&c->be);
+}
+
+static uint64_t next_seed(struct ctx *c)
+{
+	return mix64(++c->seed);
+}
+
+static void set_hdr(struct vmm *v, uint64_t gpa, uint32_t type,
+		    uint64_t sector)
+{
+	struct virtio_blk_outhdr h = {
+		.type = htole32(type),
+		.ioprio = 0,
+		.sector = htole64(sector),
+	};
+
+	memcpy(gpa_to_hva(v, gpa, sizeof(h)), &h, sizeof(h));
+}
+
+/*
+ * One synchronous request on queue q: the 16-byte header, the data
+ * segments, the status byte.  Returns the status; *len gets the used
+ * length.
+ */
+static uint8_t blk_req(struct __test_metadata *_metadata,
+		       struct ctx *c, unsigned int q, uint32_t type,
+		       uint64_t sector, const struct seg *data,
+		       unsigned int ndata, uint32_t *len)
+{
+	struct vmm *v = &c->v;
+	struct seg s[MAX_DATA + 2];
+	uint32_t l;
+
+	ASSERT_GE(MAX_DATA, ndata);
+	s[0] = (struct seg){ c->hdr, HDR_SIZE, false };
+	if (ndata)
+		memcpy(&s[1], data, ndata * sizeof(*data));
+	s[ndata + 1] = (struct seg){ c->st, 1, true };
+	set_hdr(v, c->hdr, type, sector);
+	*gptr(v, c->st) = 0xff;
+	l = run_req(_metadata, v, q, s, ndata + 2);
+	if (len)
+		*len = l;
+	return *gptr(v, c->st);
+}
+
+/*
+ * Cuts [gpa, gpa + len) into n segments whose sizes are multiples of the
+ * sector (the last takes the rest).  Returns the number of segments.
+ */
+static unsigned int split(struct seg *s, uint64_t gpa, uint32_t len,
+			  unsigned int n, bool wr)
+{
+	uint32_t part = len / n / SECTOR * SECTOR;
+	unsigned int i;
+
+	if (!part) {
+		part = len;
+		n = 1;
+	}
+	for (i = 0; i < n; i++) {
+		s[i].gpa = gpa + (uint64_t)i * part;
+		s[i].len = i + 1 < n ? part : len - (n - 1) * part;
+		s[i].wr = wr;
+	}
+	return n;
+}
+
+/* T_IN or T_OUT of len bytes at gpa, the data cut in nparts segments. */
+static uint8_t blk_rw(struct __test_metadata *_metadata,
+		      struct ctx *c, uint32_t type, uint64_t sector,
+		      uint64_t gpa, uint32_t len, unsigned int nparts,
+		      uint32_t *used_len)
+{
+	struct seg d[MAX_DATA];
+	unsigned int n;
+
+	n = split(d, gpa, len, nparts, type == VIRTIO_BLK_T_IN);
+	return blk_req(_metadata, c, 0, type, sector, d, n, used_len);
+}
+
+/* A discard or write-zeroes request of nr ranges. */
+static uint8_t blk_dwz(struct __test_metadata *_metadata,
+		       struct ctx *c, uint32_t type,
+		       const uint64_t *sector, const uint32_t *num,
+		       const uint32_t *flags, unsigned int nr)
+{
+	struct virtio_blk_discard_write_zeroes *r;
+	struct seg d;
+	unsigned int i;
+	uint32_t len;
+	uint8_t st;
+
+	r = gpa_to_hva(&c->v, c->dz, nr * sizeof(*r));
+	for (i = 0; i < nr; i++) {
+		r[i].sector = htole64(sector[i]);
+		r[i].num_sectors = htole32(num[i]);
+		r[i].flags = htole32(flags[i]);
+	}
+	d = (struct seg){ c->dz, nr * sizeof(*r), false };
+	st = blk_req(_metadata, c, 0, type, 0, &d, 1, &len);
+	if (st == VIRTIO_BLK_S_OK)
+		EXPECT_EQ(1, len);
+	return st;
+}
+
+static void store_write(struct __test_metadata *_metadata,
+			struct ctx *c, uint64_t sector,
+			void *buf, size_t len)
+{
+	int ret = be_io(&c->be, true, sector * SECTOR, buf, len);
+
+	ASSERT_EQ(0, ret) TH_LOG("backing store write: %s", strerror(-ret));
+}
+
+/* The backing store holds expect at sector. */
+static void check_store(struct __test_metadata *_metadata,
+			struct ctx *c, uint64_t sector,
+			const void *expect, size_t len)
+{
+	void *got = malloc(len);
+	long off = -2;
+	int ret;
+
+	ASSERT_NE(NULL, got);
+	ret = be_io(&c->be, false, sector * SECTOR, got, len);
+	if (!ret)
+		off = first_diff(expect, got, len);
+	free(got);
+	ASSERT_EQ(0, ret) TH_LOG("backing store read: %s", strerror(-ret));
+	ASSERT_EQ(-1, off)
+		TH_LOG("backing store differs at sector %llu byte %ld",
+		       (unsigned long long)sector, off);
+}
+
+/* The device reads expect at sector (T_IN into two segments). */
+static void check_dev(struct __test_metadata *_metadata,
+		      struct ctx *c, uint64_t sector,
+		      const void *expect, uint32_t len)
+{
+	uint32_t ulen = 0;
+	uint8_t st;
+	long off;
+
+	ASSERT_GE(RD_MAX, len);
+	memset(gpa_to_hva(&c->v, c->rd, len), 0xa5, len);
+	st = blk_rw(_metadata, c, VIRTIO_BLK_T_IN, sector, c->rd, len,
+		    2, &ulen);
+	ASSERT_EQ(VIRTIO_BLK_S_OK, st);
+	EXPECT_EQ(len + 1, ulen);
+	off = first_diff(expect, gpa_to_hva(&c->v, c->rd, len), len);
+	ASSERT_EQ(-1, off)
+		TH_LOG("device read differs at sector %llu byte %ld",
+		       (unsigned long long)sector, off);
+}
+
+static void check_both(struct __test_metadata *_metadata,
+		       struct ctx *c, uint64_t sector,
+		       const void *expect, uint32_t len)
+{
+	check_store(_metadata, c, sector, expect, len);
+	check_dev(_metadata, c, sector, expect, len);
+}
+
+/* A write and a read of fresh data through the device, both verified. */
+static void check_alive(struct __test_metadata *_metadata,
+			struct ctx *c)
+{
+	uint64_t buf = c->alive;
+	uint8_t expect[4096];
+	uint32_t len = 0;
+	uint8_t st;
+
+	fill_rand(expect, sizeof(expect), next_seed(c));
+	memcpy(gpa_to_hva(&c->v, buf, sizeof(expect)), expect,
+	       sizeof(expect));
+	st = blk_rw(_metadata, c, VIRTIO_BLK_T_OUT, ALIVE_SECTOR, buf,
+		    sizeof(expect), 3, &len);
+	ASSERT_EQ(VIRTIO_BLK_S_OK, st) TH_LOG("device not working");
+	EXPECT_EQ(1, len);
+	check_both(_metadata, c, ALIVE_SECTOR, expect, sizeof(expect));
+}
+
+/* VHOST_RESET_OWNER, a complete new setup, and a request that works. */
+static void reset_and_check(struct __test_metadata *_metadata,
+			    struct ctx *c)
+{
+	ASSERT_EQ(0, ioctl(c->v.fd, VHOST_RESET_OWNER))
+		TH_LOG("VHOST_RESET_OWNER: %s", strerror(errno));
+	vmm_start(_metadata, &c->v, c->be.fd);
+	check_alive(_metadata, c);
+}
+
+/* ------------------------------------------------------------------ */
+/* Data path                                                            */
+/* ------------------------------------------------------------------ */
+
+/*
+ * Random data written and read back at several sectors, with sizes from
+ * one sector to 64 KiB; 4 KiB goes in three descriptors and is read back
+ * through five.
+ */
+TEST_F(vmm, write_read)
+{
+	struct ctx *c = &self->c;
+	static const uint32_t sizes[] = { 512, 4096, 65536 };
+	static const unsigned int wparts[] = { 1, 3, 16 };
+	static const unsigned int rparts[] = { 1, 5, 9 };
+	uint64_t sectors[] = { 0, 1, 7, 4095, 77777, c->cap - 128,
+			       c->cap - 8, c->cap - 1 };
+	struct vmm *v = &c->v;
+	uint8_t expect[RD_MAX];
+	uint64_t wbuf, rbuf;
+	unsigned int i, j;
+	uint32_t len;
+	uint8_t st;
+
+	wbuf = galloc(v, 0, RD_MAX, 4096);
+	rbuf = galloc(v, 1, RD_MAX, 4096);
+
+	for (i = 0; i < ARRAY_SIZE(sectors); i++) {
+		for (j = 0; j < ARRAY_SIZE(sizes); j++) {
+			if (sectors[i] + sizes[j] / SECTOR > c->cap)
+				continue;
+			fill_rand(expect, sizes[j], next_seed(c));
+			memcpy(gpa_to_hva(v, wbuf, sizes[j]), expect,
+			       sizes[j]);
+			st = blk_rw(_metadata, c, VIRTIO_BLK_T_OUT,
+				    sectors[i], wbuf, sizes[j], wparts[j],
+				    &len);
+			ASSERT_EQ(VIRTIO_BLK_S_OK, st)
+				TH_LOG("write of %u at sector %llu", sizes[j],
+				       (unsigned long long)sectors[i]);
+			EXPECT_EQ(1, len);
+			check_store(_metadata, c, sectors[i], expect,
+				    sizes[j]);
+
+			memset(gpa_to_hva(v, rbuf, sizes[j]), 0x5a, sizes[j]);
+			st = blk_rw(_metadata, c, VIRTIO_BLK_T_IN,
+				    sectors[i], rbuf, sizes[j], rparts[j],
+				    &len);
+			ASSERT_EQ(VIRTIO_BLK_S_OK, st)
+				TH_LOG("read of %u at sector %llu", sizes[j],
+				       (unsigned long long)sectors[i]);
+			EXPECT_EQ(sizes[j] + 1, len);
+			ASSERT_EQ(-1, first_diff(expect,
+						 gpa_to_hva(v, rbuf, sizes[j]),
+						 sizes[j]));
+		}
+	}
+}
+
+/*
+ * Indirect tables: a request of 62 one-sector segments each way, and an
+ * indirect and a direct request in flight together.
+ */
+TEST_F(vmm, indirect)
+{
+	struct ctx *c = &self->c;
+	struct vmm *v = &c->v;
+	struct seg s[IND_MAX], s2[3];
+	uint32_t dlen = MAX_DATA * SECTOR;
+	uint8_t *expect, *expect2;
+	uint64_t buf, buf2, hdr2, st2;
+	struct used u;
+	unsigned int i, got;
+	uint32_t len;
+	uint8_t st;
+
+	if (!v->indirect)
+		SKIP(return, "indirect descriptors not negotiated");
+
+	buf = galloc(v, 1, dlen, 4096);
+	expect = malloc(dlen);
+	ASSERT_NE(NULL, expect);
+	fill_rand(expect, dlen, next_seed(c));
+	memcpy(gpa_to_hva(v, buf, dlen), expect, dlen);
+	split(s, buf, dlen, MAX_DATA, false);
+	st = blk_req(_metadata, c, 0, VIRTIO_BLK_T_OUT, 200, s, MAX_DATA,
+		     &len);
+	ASSERT_EQ(VIRTIO_BLK_S_OK, st);
+	EXPECT_EQ(1, len);
+	check_store(_metadata, c, 200, expect, dlen);
+
+	memset(gpa_to_hva(v, buf, dlen), 0, dlen);
+	split(s, buf, dlen, MAX_DATA, true);
+	st = blk_req(_metadata, c, 0, VIRTIO_BLK_T_IN, 200, s, MAX_DATA,
+		     &len);
+	ASSERT_EQ(VIRTIO_BLK_S_OK, st);
+	EXPECT_EQ(dlen + 1, len);
+	ASSERT_EQ(-1, first_diff(expect, gpa_to_hva(v, buf, dlen), dlen));
+
+	/* One indirect and one direct write, kicked together. */
+	expect2 = malloc(4096);
+	ASSERT_NE(NULL, expect2);
+	buf2 = galloc(v, 0, 4096, 4096);
+	hdr2 = galloc(v, 0, HDR_SIZE, 64);
+	st2 = galloc(v, 0, 1, 64);
+	fill_rand(expect, 4096, next_seed(c));
+	fill_rand(expect2, 4096, next_seed(c));
+	memcpy(gpa_to_hva(v, buf, 4096), expect, 4096);
+	memcpy(gpa_to_hva(v, buf2, 4096), expect2, 4096);
+	set_hdr(v, c->hdr, VIRTIO_BLK_T_OUT, 400);
+	set_hdr(v, hdr2, VIRTIO_BLK_T_OUT, 408);
+	*gptr(v, c->st) = 0xff;
+	*gptr(v, st2) = 0xff;
+	s[0] = (struct seg){ c->hdr, HDR_SIZE, false };
+	s[1] = (struct seg){ buf, 4096, false };
+	s[2] = (struct seg){ c->st, 1, true };
+	s2[0] = (struct seg){ hdr2, HDR_SIZE, false };
+	s2[1] = (struct seg){ buf2, 4096, false };
+	s2[2] = (struct seg){ st2, 1, true };
+	ASSERT_LE(0, vq_add(v, 0, s, 3, true, 1));
+	ASSERT_LE(0, vq_add(v, 0, s2, 3, false, 2));
+	vq_kick(v, 0);
+	for (got = 0; got < 2;) {
+		ASSERT_TRUE(vmm_wait(v, 1, WAIT_MS));
+		while (vq_get_used(v, 0, &u) == 1) {
+			EXPECT_EQ(1, u.len);
+			got++;
+		}
+	}
+	EXPECT_EQ(VIRTIO_BLK_S_OK, *gptr(v, c->st));
+	EXPECT_EQ(VIRTIO_BLK_S_OK, *gptr(v, st2));
+	check_store(_metadata, c, 400, expect, 4096);
+	check_store(_metadata, c, 408, expect2, 4096);
+	for (i = 0; i < 2; i++)
+		check_dev(_metadata, c, 400 + 8 * i,
+			  i ? expect2 : expect, 4096);
+	free(expect);
+	free(expect2);
+}
+
+/*
+ * Data that crosses from the end of region 0 to the start of region 1 (two
+ * descriptors: one descriptor must lie in one region), split in the middle
+ * and one sector from either end.
+ */
+TEST_F(vmm, region_crossing)
+{
+	struct ctx *c = &self->c;
+	static const uint32_t before[] = { 2048, 512, 3584 };
+	struct vmm *v = &c->v;
+	uint8_t expect[4096];
+	unsigned int i;
+	struct seg d[2];
+	uint32_t len;
+	uint8_t st;
+
+	for (i = 0; i < ARRAY_SIZE(before); i++) {
+		d[0] = (struct seg){ REGION_SIZE - before[i], before[i], false };
+		d[1] = (struct seg){ REGION1_GPA, 4096 - before[i], false };
+		fill_rand(expect, sizeof(expect), next_seed(c));
+		memcpy(gpa_to_hva(v, d[0].gpa, d[0].len), expect, d[0].len);
+		memcpy(gpa_to_hva(v, d[1].gpa, d[1].len), expect + d[0].len,
+		       d[1].len);
+		st = blk_req(_metadata, c, 0, VIRTIO_BLK_T_OUT, 2048 + 8 * i,
+			     d, 2, &len);
+		ASSERT_EQ(VIRTIO_BLK_S_OK, st);
+		EXPECT_EQ(1, len);
+		check_store(_metadata, c, 2048 + 8 * i, expect, 4096);
+
+		memset(gpa_to_hva(v, d[0].gpa, d[0].len), 0, d[0].len);
+		memset(gpa_to_hva(v, d[1].gpa, d[1].len), 0, d[1].len);
+		d[0].wr = true;
+		d[1].wr = true;
+		st = blk_req(_metadata, c, 0, VIRTIO_BLK_T_IN, 2048 + 8 * i,
+			     d, 2, &len);
+		ASSERT_EQ(VIRTIO_BLK_S_OK, st);
+		EXPECT_EQ(4097, len);
+		ASSERT_EQ(-1, first_diff(expect,
+					 gpa_to_hva(v, d[0].gpa, d[0].len),
+					 d[0].len));
+		ASSERT_EQ(-1, first_diff(expect + d[0].len,
+					 gpa_to_hva(v, d[1].gpa, d[1].len),
+					 d[1].len));
+	}
+}
+
+/*
+ * The framing of a request is free (VIRTIO_F_VERSION_1): data and status in
+ * one descriptor, the header in two, header and data in one (which leaves
+ * the data at an offset of 16 bytes).
+ */
+TEST_F(vmm, any_layout)
+{
+	struct ctx *c = &self->c;
+	struct vmm *v = &c->v;
+	uint8_t expect[4096];
+	uint64_t hbuf, dbuf;
+	struct seg s[4];
+	uint8_t *h, *d;
+	uint32_t len;
+
+	hbuf = galloc(v, 0, HDR_SIZE + 4096, 4096);
+	dbuf = galloc(v, 1, 4096 + 1, 4096);
+	h = gpa_to_hva(v, hbuf, HDR_SIZE + 4096);
+	d = gpa_to_hva(v, dbuf, 4096 + 1);
+	fill_rand(expect, sizeof(expect), next_seed(c));
+	store_write(_metadata, c, 600, expect, sizeof(expect));
+
+	/* [header] [data + status] */
+	set_hdr(v, c->hdr, VIRTIO_BLK_T_IN, 600);
+	memset(d, 0, 4096);
+	d[4096] = 0xff;
+	s[0] = (struct seg){ c->hdr, HDR_SIZE, false };
+	s[1] = (struct seg){ dbuf, 4096 + 1, true };
+	len = run_req(_metadata, v, 0, s, 2);
+	ASSERT_EQ(VIRTIO_BLK_S_OK, d[4096]) TH_LOG("data + status");
+	EXPECT_EQ(4097, len);
+	ASSERT_EQ(-1, first_diff(expect, d, 4096));
+
+	/* [8 bytes of header] [8 bytes of header] [data] [status] */
+	set_hdr(v, hbuf, VIRTIO_BLK_T_IN, 600);
+	memset(d, 0, 512);
+	*gptr(v, c->st) = 0xff;
+	s[0] = (struct seg){ hbuf, 8, false };
+	s[1] = (struct seg){ hbuf + 8, 8, false };
+	s[2] = (struct seg){ dbuf, 512, true };
+	s[3] = (struct seg){ c->st, 1, true };
+	len = run_req(_metadata, v, 0, s, 4);
+	ASSERT_EQ(VIRTIO_BLK_S_OK, *gptr(v, c->st)) TH_LOG("split header");
+	EXPECT_EQ(513, len);
+	ASSERT_EQ(-1, first_diff(expect, d, 512));
+
+	/* [header + data] [status] */
+	fill_rand(expect, sizeof(expect), next_seed(c));
+	set_hdr(v, hbuf, VIRTIO_BLK_T_OUT, 600);
+	memcpy(h + HDR_SIZE, expect, 4096);
+	*gptr(v, c->st) = 0xff;
+	s[0] = (struct seg){ hbuf, HDR_SIZE + 4096, false };
+	s[1] = (struct seg){ c->st, 1, true };
+	len = run_req(_metadata, v, 0, s, 2);
+	ASSERT_EQ(VIRTIO_BLK_S_OK, *gptr(v, c->st))
+		TH_LOG("header + data: data not 512-byte aligned in memory");
+	EXPECT_EQ(1, len);
+	check_both(_metadata, c, 600, expect, 4096);
+}
+
+/*
+ * Segments of any byte length at any address, as long as the total is a
+ * multiple of the sector.
+ */
+TEST_F(vmm, unaligned_segments)
+{
+	struct ctx *c = &self->c;
+	static const uint32_t wlen[] = { 1, 511, 1000, 2584 };
+	static const uint32_t rlen[] = { 3, 4000, 93 };
+	struct vmm *v = &c->v;
+	struct seg d[4];
+	uint8_t expect[4096];
+	uint64_t buf, gpa;
+	unsigned int i;
+	uint32_t len;
+	uint8_t st;
+
+	buf = galloc(v, 1, 8192, 4096);
+	fill_rand(expect, sizeof(expect), next_seed(c));
+	gpa = buf + 1;
+	memcpy(gpa_to_hva(v, gpa, 4096), expect, 4096);
+	for (i = 0; i < ARRAY_SIZE(wlen); i++) {
+		d[i] = (struct seg){ gpa, wlen[i], false };
+		gpa += wlen[i];
+	}
+	st = blk_req(_metadata, c, 0, VIRTIO_BLK_T_OUT, 700, d,
+		     ARRAY_SIZE(wlen), &len);
+	ASSERT_EQ(VIRTIO_BLK_S_OK, st)
+		TH_LOG("write from segments of 1, 511, 1000, 2584 bytes");
+	EXPECT_EQ(1, len);
+	check_store(_metadata, c, 700, expect, 4096);
+
+	gpa = buf + 7;
+	memset(gpa_to_hva(v, gpa, 4096), 0, 4096);
+	for (i = 0; i < ARRAY_SIZE(rlen); i++) {
+		d[i] = (struct seg){ gpa, rlen[i], true };
+		gpa += rlen[i];
+	}
+	st = blk_req(_metadata, c, 0, VIRTIO_BLK_T_IN, 700, d,
+		     ARRAY_SIZE(rlen), &len);
+	ASSERT_EQ(VIRTIO_BLK_S_OK, st)
+		TH_LOG("read into segments of 3, 4000, 93 bytes");
+	EXPECT_EQ(4097, len);
+	ASSERT_EQ(-1, first_diff(expect, gpa_to_hva(v, buf + 7, 4096), 4096));
+}
+
+TEST_F(vmm, flush)
+{
+	struct ctx *c = &self->c;
+	uint8_t expect[4096];
+	uint64_t buf;
+	uint32_t len;
+	uint8_t st;
+
+	buf = galloc(&c->v, 0, sizeof(expect), 4096);
+	fill_rand(expect, sizeof(expect), next_seed(c));
+	memcpy(gpa_to_hva(&c->v, buf, sizeof(expect)), expect,
+	       sizeof(expect));
+	st = blk_rw(_metadata, c, VIRTIO_BLK_T_OUT, 800, buf,
+		    sizeof(expect), 1, NULL);
+	ASSERT_EQ(VIRTIO_BLK_S_OK, st);
+	st = blk_req(_metadata, c, 0, VIRTIO_BLK_T_FLUSH, 0, NULL, 0, &len);
+	ASSERT_EQ(VIRTIO_BLK_S_OK, st);
+	EXPECT_EQ(1, len);
+	check_both(_metadata, c, 800, expect, sizeof(expect));
+	/* A flush with nothing to write back. */
+	st = blk_req(_metadata, c, 0, VIRTIO_BLK_T_FLUSH, 0, NULL, 0, &len);
+	ASSERT_EQ(VIRTIO_BLK_S_OK, st);
+}
+
+/*
+ * GET_ID: all NUL bytes by default, then the serial set, NUL-padded to 20
+ * bytes, or all 20 bytes of it.
+ */
+TEST_F(vmm, get_id)
+{
+	struct ctx *c = &self->c;
+	static const char * const serials[] = {
+		"vbp-serial-1",
+		"ABCDEFGHIJ0123456789",
+		"x",
+	};
+	char want[VIRTIO_BLK_ID_BYTES];
+	struct vmm *v = &c->v;
+	unsigned int i;
+	uint64_t id;
+	struct seg d;
+	uint32_t len;
+	uint8_t st;
+
+	id = galloc(v, 0, VIRTIO_BLK_ID_BYTES, 64);
+	/* Before any VHOST_BLK_SET_SERIAL: all NUL bytes. */
+	memset(want, 0, sizeof(want));
+	memset(gpa_to_hva(v, id, sizeof(want)), 0xff, sizeof(want));
+	d = (struct seg){ id, VIRTIO_BLK_ID_BYTES, true };
+	st = blk_req(_metadata, c, 0, VIRTIO_BLK_T_GET_ID, 0, &d, 1, &len);
+	ASSERT_EQ(VIRTIO_BLK_S_OK, st);
+	EXPECT_EQ(VIRTIO_BLK_ID_BYTES + 1, len);
+	ASSERT_EQ(-1, first_diff(want, gpa_to_hva(v, id, sizeof(want)),
+				 sizeof(want)));
+
+	for (i = 0; i < ARRAY_SIZE(serials); i++) {
+		memset(want, 0, sizeof(want));
+		memcpy(want, serials[i], strlen(serials[i]));
+		ASSERT_EQ(0, ioctl(v->fd, VHOST_BLK_SET_SERIAL, want))
+			TH_LOG("VHOST_BLK_SET_SERIAL: %s", strerror(errno));
+		memset(gpa_to_hva(v, id, sizeof(want)), 0xff, sizeof(want));
+		d = (struct seg){ id, VIRTIO_BLK_ID_BYTES, true };
+		st = blk_req(_metadata, c, 0, VIRTIO_BLK_T_GET_ID, 0, &d, 1,
+			     &len);
+		ASSERT_EQ(VIRTIO_BLK_S_OK, st);
+		EXPECT_EQ(VIRTIO_BLK_ID_BYTES + 1, len);
+		ASSERT_EQ(-1, first_diff(want, gpa_to_hva(v, id, sizeof(want)),
+					 sizeof(want)))
+			TH_LOG("serial \"%s\"", serials[i]);
+	}
+}
+
+/* DZ_LEN sectors of random data at DZ_SECTOR, in expect. */
+static void dz_prefill(struct __test_metadata *_metadata,
+		       struct ctx *c, uint8_t *expect)
+{
+	fill_rand(expect, DZ_LEN * SECTOR, next_seed(c));
+	store_write(_metadata, c, DZ_SECTOR, expect, DZ_LEN * SECTOR);
+	check_dev(_metadata, c, DZ_SECTOR, expect, DZ_LEN * SECTOR);
+}
+
+/*
+ * Discard of the middle half: the rest is untouched; a discarded range of
+ * a file reads as zeroes (a hole), one of a block device is undefined.  A
+ * store that cannot discard answers UNSUPP and keeps its data.
+ */
+TEST_F(vmm, discard)
+{
+	struct ctx *c = &self->c;
+	uint64_t sector = DZ_SECTOR + 16;
+	uint32_t num = 32, flags = 0;
+	uint8_t expect[DZ_LEN * SECTOR];
+	uint8_t st;
+
+	dz_prefill(_metadata, c, expect);
+	st = blk_dwz(_metadata, c, VIRTIO_BLK_T_DISCARD, &sector, &num,
+		     &flags, 1);
+	if (!c->be.discard) {
+		ASSERT_EQ(VIRTIO_BLK_S_UNSUPP, st);
+		check_both(_metadata, c, DZ_SECTOR, expect, sizeof(expect));
+		return;
+	}
+	ASSERT_EQ(VIRTIO_BLK_S_OK, st);
+	if (c->be.bdev) {
+		check_both(_metadata, c, DZ_SECTOR, expect, 16 * SECTOR);
+		check_both(_metadata, c, DZ_SECTOR + 48,
+			   expect + 48 * SECTOR, 16 * SECTOR);
+		return;
+	}
+	memset(expect + 16 * SECTOR, 0, 32 * SECTOR);
+	check_both(_metadata, c, DZ_SECTOR, expect, sizeof(expect));
+}
+
+static void write_zeroes(struct __test_metadata *_metadata,
+			 struct ctx *c, uint32_t flags)
+{
+	uint64_t sector = DZ_SECTOR + 16;
+	uint32_t num = 32;
+	uint8_t expect[DZ_LEN * SECTOR];
+	uint8_t st;
+
+	dz_prefill(_metadata, c, expect);
+	st = blk_dwz(_metadata, c, VIRTIO_BLK_T_WRITE_ZEROES, &sector,
+		     &num, &flags, 1);
+	ASSERT_EQ(VIRTIO_BLK_S_OK, st);
+	memset(expect + 16 * SECTOR, 0, 32 * SECTOR);
+	check_both(_metadata, c, DZ_SECTOR, expect, sizeof(expect));
+}
+
+TEST_F(vmm, write_zeroes)
+{
+	write_zeroes(_metadata, &self->c, 0);
+}
+
+TEST_F(vmm, write_zeroes_unmap)
+{
+	write_zeroes(_metadata, &self->c, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP);
+}
+
+/*
+ * One write-zeroes request of two ranges, one with UNMAP: done when the
+ * device takes that many segments, else refused with UNSUPP.
+ */
+TEST_F(vmm, write_zeroes_two_ranges)
+{
+	struct ctx *c = &self->c;
+	uint64_t sector[2] = { DZ_SECTOR + 4, DZ_SECTOR + 40 };
+	uint32_t num[2] = { 8, 16 };
+	uint32_t flags[2] = { 0, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP };
+	uint8_t expect[DZ_LEN * SECTOR];
+	uint8_t st;
+
+	dz_prefill(_metadata, c, expect);
+	st = blk_dwz(_metadata, c, VIRTIO_BLK_T_WRITE_ZEROES, sector, num,
+		     flags, 2);
+	if (VHOST_BLK_MAX_DISCARD_SEG < 2) {
+		ASSERT_EQ(VIRTIO_BLK_S_UNSUPP, st);
+	} else {
+		ASSERT_EQ(VIRTIO_BLK_S_OK, st);
+		memset(expect + 4 * SECTOR, 0, 8 * SECTOR);
+		memset(expect + 40 * SECTOR, 0, 16 * SECTOR);
+	}
+	check_both(_metadata, c, DZ_SECTOR, expect, sizeof(expect));
+}
+
+/* UNMAP is a write-zeroes flag: a discard carrying it is refused. */
+TEST_F(vmm, discard_unmap_refused)
+{
+	struct ctx *c = &self->c;
+	uint64_t sector = DZ_SECTOR + 16;
+	uint32_t num = 32, flags = VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP;
+	uint8_t expect[DZ_LEN * SECTOR];
+	uint8_t st;
+
+	dz_prefill(_metadata, c, expect);
+	st = blk_dwz(_metadata, c, VIRTIO_BLK_T_DISCARD, &sector, &num,
+		     &flags, 1);
+	ASSERT_TRUE(st == VIRTIO_BLK_S_UNSUPP || st == VIRTIO_BLK_S_IOERR)
+		TH_LOG("status %u", st);
+	check_both(_metadata, c, DZ_SECTOR, expect, sizeof(expect));
+}
+
+/* ------------------------------------------------------------------ */
+/* Malformed requests                                                   */
+/* ------------------------------------------------------------------ */
+
+TEST_F(vmm, unknown_type)
+{
+	struct ctx *c = &self->c;
+	static const uint32_t types[] = { 3, 0x7f, 0x12345678 };
+	struct vmm *v = &c->v;
+	unsigned int i;
+	struct seg d;
+	uint32_t len;
+	uint8_t st;
+
+	d = (struct seg){ galloc(v, 0, 512, 512), 512, true };
+	for (i = 0; i < ARRAY_SIZE(types); i++) {
+		st = blk_req(_metadata, c, 0, types[i], 0, &d, 1, &len);
+		ASSERT_EQ(VIRTIO_BLK_S_UNSUPP, st)
+			TH_LOG("type %#x", types[i]);
+		EXPECT_EQ(1, len);
+	}
+	check_alive(_metadata, c);
+}
+
+/* Every sector of a request must be below the capacity. */
+TEST_F(vmm, out_of_range)
+{
+	struct ctx *c = &self->c;
+	uint64_t last = c->cap - 1, wrap = 1ULL << 55;
+	struct vmm *v = &c->v;
+	uint8_t tail[4 * SECTOR], buf[2 * SECTOR];
+	uint64_t dsec[1];
+	uint32_t dnum[1] = { 8 }, dflags[1] = { 0 };
+	uint64_t gbuf;
+	uint8_t st;
+
+	gbuf = galloc(v, 0, sizeof(buf), 4096);
+	fill_rand(tail, sizeof(tail), next_seed(c));
+	store_write(_metadata, c, c->cap - 4, tail, sizeof(tail));
+
+	/* The last sector is in range. */
+	check_dev(_metadata, c, last, tail + 3 * SECTOR, SECTOR);
+
+	st = blk_rw(_metadata, c, VIRTIO_BLK_T_IN, c->cap, gbuf, SECTOR,
+		    1, NULL);
+	EXPECT_EQ(VIRTIO_BLK_S_IOERR, st) TH_LOG("read at the capacity");
+	st = blk_rw(_metadata, c, VIRTIO_BLK_T_IN, last, gbuf, 2 * SECTOR,
+		    1, NULL);
+	EXPECT_EQ(VIRTIO_BLK_S_IOERR, st) TH_LOG("read across the end");
+	/* sector * 512 wraps to 0 */
+	st = blk_rw(_metadata, c, VIRTIO_BLK_T_IN, wrap, gbuf, SECTOR,
+		    1, NULL);
+	EXPECT_EQ(VIRTIO_BLK_S_IOERR, st) TH_LOG("read at 2^55");
+	st = blk_rw(_metadata, c, VIRTIO_BLK_T_IN, ~0ULL, gbuf, SECTOR,
+		    1, NULL);
+	EXPECT_EQ(VIRTIO_BLK_S_IOERR, st) TH_LOG("read at 2^64 - 1");
+
+	fill_rand(buf, sizeof(buf), next_seed(c));
+	memcpy(gpa_to_hva(v, gbuf, sizeof(buf)), buf, sizeof(buf));
+	st = blk_rw(_metadata, c, VIRTIO_BLK_T_OUT, last, gbuf, 2 * SECTOR,
+		    2, NULL);
+	EXPECT_EQ(VIRTIO_BLK_S_IOERR, st) TH_LOG("write across the end");
+	st = blk_rw(_metadata, c, VIRTIO_BLK_T_OUT, wrap, gbuf, SECTOR,
+		    1, NULL);
+	EXPECT_EQ(VIRTIO_BLK_S_IOERR, st) TH_LOG("write at 2^55");
+
+	dsec[0] = c->cap - 4;
+	st = blk_dwz(_metadata, c, VIRTIO_BLK_T_WRITE_ZEROES, dsec, dnum,
+		     dflags, 1);
+	EXPECT_EQ(VIRTIO_BLK_S_IOERR, st) TH_LOG("write zeroes across the end");
+	st = blk_dwz(_metadata, c, VIRTIO_BLK_T_DISCARD, dsec, dnum,
+		     dflags, 1);
+	EXPECT_EQ(VIRTIO_BLK_S_IOERR, st) TH_LOG("discard across the end");
+	dsec[0] = wrap;
+	st = blk_dwz(_metadata, c, VIRTIO_BLK_T_WRITE_ZEROES, dsec, dnum,
+		     dflags, 1);
+	EXPECT_EQ(VIRTIO_BLK_S_IOERR, st) TH_LOG("write zeroes at 2^55");
+
+	/* Nothing of the refused requests reached the store. */
+	check_store(_metadata, c, c->cap - 4, tail, sizeof(tail));
+}
+
+/* Data of a length that is not a multiple of 512. */
+TEST_F(vmm, bad_length)
+{
+	struct ctx *c = &self->c;
+	static const uint32_t lens[] = { 1000, 513, 100, 1 };
+	struct vmm *v = &c->v;
+	uint8_t expect[1024];
+	unsigned int i;
+	struct seg d[2];
+	uint64_t gbuf;
+	uint8_t st;
+
+	gbuf = galloc(v, 0, sizeof(expect), 4096);
+	fill_rand(expect, sizeof(expect), next_seed(c));
+	store_write(_metadata, c, 900, expect, sizeof(expect));
+	memset(gpa_to_hva(v, gbuf, sizeof(expect)), 0x33, sizeof(expect));
+
+	for (i = 0; i < ARRAY_SIZE(lens); i++) {
+		st = blk_rw(_metadata, c, VIRTIO_BLK_T_OUT, 900, gbuf,
+			    lens[i], 1, NULL);
+		EXPECT_EQ(VIRTIO_BLK_S_IOERR, st) TH_LOG("write of %u", lens[i]);
+		st = blk_rw(_metadata, c, VIRTIO_BLK_T_IN, 900, gbuf,
+			    lens[i], 1, NULL);
+		EXPECT_EQ(VIRTIO_BLK_S_IOERR, st) TH_LOG("read of %u", lens[i]);
+	}
+	/* 512 + 488 in two segments */
+	d[0] = (struct seg){ gbuf, 512, false };
+	d[1] = (struct seg){ gbuf + 512, 488, false };
+	st = blk_req(_metadata, c, 0, VIRTIO_BLK_T_OUT, 900, d, 2, NULL);
+	EXPECT_EQ(VIRTIO_BLK_S_IOERR, st) TH_LOG("write of 512 + 488");
+	check_store(_metadata, c, 900, expect, sizeof(expect));
+	check_alive(_metadata, c);
+}
+
+/* A header shorter than 16 bytes, or none at all. */
+TEST_F(vmm, short_header)
+{
+	struct ctx *c = &self->c;
+	static const uint32_t hlen[] = { 8, 15, 0 };
+	struct vmm *v = &c->v;
+	uint64_t data;
+	struct seg s[3];
+	unsigned int i, n;
+	uint32_t len;
+
+	data = galloc(v, 0, 512, 512);
+	for (i = 0; i < ARRAY_SIZE(hlen); i++) {
+		set_hdr(v, c->hdr, VIRTIO_BLK_T_IN, 0);
+		*gptr(v, c->st) = 0xff;
+		n = 0;
+		if (hlen[i])
+			s[n++] = (struct seg){ c->hdr, hlen[i], false };
+		s[n++] = (struct seg){ data, 512, true };
+		s[n++] = (struct seg){ c->st, 1, true };
+		len = run_req(_metadata, v, 0, s, n);
+		EXPECT_EQ(VIRTIO_BLK_S_IOERR, *gptr(v, c->st))
+			TH_LOG("header of %u bytes", hlen[i]);
+		EXPECT_EQ(1, len);
+	}
+	check_alive(_metadata, c);
+}
+
+/* Data buffers in the wrong direction for the type: IOERR, nothing moves. */
+TEST_F(vmm, wrong_direction)
+{
+	struct ctx *c = &self->c;
+	struct vmm *v = &c->v;
+	uint8_t expect[4096], junk[4096];
+	struct seg d;
+	uint32_t len;
+	uint64_t gbuf;
+	uint8_t st;
+
+	fill_rand(expect, sizeof(expect), next_seed(c));
+	store_write(_metadata, c, 1500, expect, sizeof(expect));
+	gbuf = galloc(v, 0, sizeof(junk), 4096);
+	fill_rand(junk, sizeof(junk), next_seed(c));
+	memcpy(gpa_to_hva(v, gbuf, sizeof(junk)), junk, sizeof(junk));
+
+	/* A write whose data the device may write. */
+	d = (struct seg){ gbuf, sizeof(junk), true };
+	st = blk_req(_metadata, c, 0, VIRTIO_BLK_T_OUT, 1500, &d, 1, &len);
+	EXPECT_EQ(VIRTIO_BLK_S_IOERR, st) TH_LOG("write into writable data");
+	EXPECT_EQ(1, len);
+	/* A read into data the device may only read. */
+	d.wr = false;
+	st = blk_req(_metadata, c, 0, VIRTIO_BLK_T_IN, 1500, &d, 1, &len);
+	EXPECT_EQ(VIRTIO_BLK_S_IOERR, st) TH_LOG("read into readable data");
+	EXPECT_EQ(1, len);
+
+	ASSERT_EQ(-1, first_diff(junk, gpa_to_hva(v, gbuf, sizeof(junk)),
+				 sizeof(junk)));
+	check_both(_metadata, c, 1500, expect, sizeof(expect));
+}
+
+/*
+ * Adds a request of raw segments to queue 0 and kicks.  Returns whether a
+ * used entry showed up within QUIET_MS (and takes it, its length in *len).
+ */
+static bool submit_watch(struct __test_metadata *_metadata,
+			 struct ctx *c, const struct seg *s,
+			 unsigned int n, uint32_t *len)
+{
+	struct vmm *v = &c->v;
+	struct used u = { 0 };
+
+	ASSERT_LE(0, vq_add(v, 0, s, n, v->indirect, 0));
+	vq_kick(v, 0);
+	if (!vmm_wait(v, 1, QUIET_MS))
+		return false;
+	ASSERT_EQ(1, vq_get_used(v, 0, &u));
+	*len = u.len;
+	return true;
+}
+
+/*
+ * A status descriptor the device may not write.  The device can stop the
+ * ring or complete with an error, but must keep working after a reset.
+ */
+TEST_F(vmm, status_not_writable)
+{
+	struct ctx *c = &self->c;
+	struct vmm *v = &c->v;
+	uint64_t data;
+	struct seg s[3];
+	uint32_t len = 0;
+	uint8_t *p;
+
+	data = galloc(v, 0, 512, 512);
+	p = gpa_to_hva(v, data, 512);
+
+	/* A write, every descriptor device-readable: no room for a status. */
+	set_hdr(v, c->hdr, VIRTIO_BLK_T_OUT, 1000);
+	*gptr(v, c->st) = 0xff;
+	s[0] = (struct seg){ c->hdr, HDR_SIZE, false };
+	s[1] = (struct seg){ data, 512, false };
+	s[2] = (struct seg){ c->st, 1, false };
+	if (submit_watch(_metadata, c, s, 3, &len)) {
+		EXPECT_EQ(0, len) TH_LOG("nothing was writable");
+		EXPECT_EQ(0xff, *gptr(v, c->st));
+	} else {
+		EXPECT_TRUE(vq_err_signalled(&v->vq[0], 100))
+			TH_LOG("write: ring stopped, no error reported");
+	}
+	reset_and_check(_metadata, c);
+
+	/* A read with its status readable, after the writable data. */
+	set_hdr(v, c->hdr, VIRTIO_BLK_T_IN, 1000);
+	*gptr(v, c->st) = 0xff;
+	memset(p, 0, 512);
+	s[1].wr = true;
+	if (submit_watch(_metadata, c, s, 3, &len)) {
+		/* The status went to the last writable byte. */
+		EXPECT_EQ(VIRTIO_BLK_S_IOERR, p[511]);
+		EXPECT_EQ(0xff, *gptr(v, c->st));
+	} else {
+		EXPECT_TRUE(vq_err_signalled(&v->vq[0], 100))
+			TH_LOG("read: ring stopped, no error reported");
+	}
+	reset_and_check(_metadata, c);
+}
+
+/*
+ * Data outside guest memory: in the hole between the regions, and one
+ * descriptor running off the end of region 0.  The device may stop the ring
+ * or fail the request, and must work after a reset.
+ */
+TEST_F(vmm, unmapped_gpa)
+{
+	struct ctx *c = &self->c;
+	static const uint64_t gpas[] = { HOLE_GPA, REGION_SIZE - 256 };
+	struct vmm *v = &c->v;
+	unsigned int i, wr;
+	struct seg s[3];
+	uint32_t len = 0;
+
+	for (i = 0; i < ARRAY_SIZE(gpas); i++) {
+		for (wr = 0; wr < 2; wr++) {
+			set_hdr(v, c->hdr, wr ? VIRTIO_BLK_T_IN :
+				VIRTIO_BLK_T_OUT, 1100);
+			*gptr(v, c->st) = 0xff;
+			s[0] = (struct seg){ c->hdr, HDR_SIZE, false };
+			s[1] = (struct seg){ gpas[i], 512, wr };
+			s[2] = (struct seg){ c->st, 1, true };
+			if (submit_watch(_metadata, c, s, 3, &len)) {
+				/* Failed, or dropped unparsed with len 0. */
+				if (*gptr(v, c->st) != 0xff || len)
+					EXPECT_EQ(VIRTIO_BLK_S_IOERR,
+						  *gptr(v, c->st))
+						TH_LOG("GPA %#llx, %s",
+						       (unsigned long long)gpas[i],
+						       wr ? "read" : "write");
+			} else {
+				EXPECT_TRUE(vq_err_signalled(&v->vq[0], 100))
+					TH_LOG("GPA %#llx, %s: no error report",
+					       (unsigned long long)gpas[i],
+					       wr ? "read" : "write");
+			}
+			reset_and_check(_metadata, c);
+		}
+	}
+}
+
+/* Queue 0 stopped: no used entry appears and the error eventfd fires. */
+static void assert_stopped(struct __test_metadata *_metadata,
+			   struct ctx *c, const char *what)
+{
+	ASSERT_FALSE(vmm_wait(&c->v, 1, QUIET_MS))
+		TH_LOG("%s completed", what);
+	EXPECT_TRUE(vq_err_signalled(&c->v.vq[0], 100))
+		TH_LOG("%s: no report on the error eventfd", what);
+}
+
+/*
+ * Chains that never end: a descriptor loop, a next beyond the ring and, with
+ * indirect descriptors, a loop in an indirect table.  The ring stops (no
+ * used entry appears, the error eventfd fires) and the device works after a
+ * reset.
+ */
+TEST_F(vmm, descriptor_loop)
+{
+	struct ctx *c = &self->c;
+	struct vmm *v = &c->v;
+	struct vq *vq = &v->vq[0];
+	struct vring_desc *tbl;
+	uint16_t a, b;
+	uint64_t data, tgpa;
+
+	data = galloc(v, 0, 512, 512);
+	set_hdr(v, c->hdr, VIRTIO_BLK_T_OUT, 1200);
+
+	/* a -> b -> a */
+	a = vq_pop_desc(vq);
+	b = vq_pop_desc(vq);
+	desc_set(&vq->desc[a], c->hdr, HDR_SIZE, VRING_DESC_F_NEXT, b);
+	desc_set(&vq->desc[b], data, 512, VRING_DESC_F_NEXT, a);
+	vq->next[a] = b;
+	vq->next[b] = a;
+	vq_push(vq, a, 2, 0);
+	vq_kick(v, 0);
+	assert_stopped(_metadata, c, "a looped chain");
+	reset_and_check(_metadata, c);
+
+	/* next out of the ring */
+	a = vq_pop_desc(vq);
+	desc_set(&vq->desc[a], c->hdr, HDR_SIZE, VRING_DESC_F_NEXT,
+		 QSIZE + 5);
+	vq->next[a] = 0;
+	vq_push(vq, a, 1, 0);
+	vq_kick(v, 0);
+	assert_stopped(_metadata, c, "a chain leaving the ring");
+	reset_and_check(_metadata, c);
+
+	if (!v->indirect)
+		return;
+	/* table[0] -> table[1] -> table[0] */
+	a = vq_pop_desc(vq);
+	tgpa = vq->ind_gpa + 16ULL * IND_MAX * a;
+	tbl = gpa_to_hva(v, tgpa, 32);
+	desc_set(&tbl[0], c->hdr, HDR_SIZE, VRING_DESC_F_NEXT, 1);
+	desc_set(&tbl[1], data, 512, VRING_DESC_F_NEXT, 0);
+	desc_set(&vq->desc[a], hva_to_gpa(v, tbl), 32, VRING_DESC_F_INDIRECT,
+		 0);
+	vq->next[a] = 0;
+	vq_push(vq, a, 1, 0);
+	vq_kick(v, 0);
+	assert_stopped(_metadata, c, "a looped indirect table");
+	reset_and_check(_metadata, c);
+}
+
+/* ------------------------------------------------------------------ */
+/* Backend changes, notifications, load, teardown                       */
+/* ------------------------------------------------------------------ */
+
+/*
+ * A backend opened O_RDONLY: reads work, every kind of write fails with
+ * IOERR and leaves the store as it was.
+ */
+TEST_F(vmm, read_only_backend)
+{
+	struct ctx *c = &self->c;
+	uint64_t sector = DZ_SECTOR + 16;
+	uint32_t num = 32, flags = 0, unmap = VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP;
+	uint8_t expect[DZ_LEN * SECTOR], junk[4096];
+	struct vmm *v = &c->v;
+	uint64_t gbuf;
+	uint8_t st;
+
+	fill_rand(expect, sizeof(expect), next_seed(c));
+	store_write(_metadata, c, DZ_SECTOR, expect, sizeof(expect));
+	vmm_reopen(_metadata, v, c->be.rofd);
+
+	check_dev(_metadata, c, DZ_SECTOR, expect, sizeof(expect));
+	gbuf = galloc(v, 0, sizeof(junk), 4096);
+	fill_rand(junk, sizeof(junk), next_seed(c));
+	memcpy(gpa_to_hva(v, gbuf, sizeof(junk)), junk, sizeof(junk));
+	st = blk_rw(_metadata, c, VIRTIO_BLK_T_OUT, DZ_SECTOR, gbuf,
+		    sizeof(junk), 2, NULL);
+	EXPECT_EQ(VIRTIO_BLK_S_IOERR, st) TH_LOG("write");
+	st = blk_dwz(_metadata, c, VIRTIO_BLK_T_DISCARD, &sector, &num,
+		     &flags, 1);
+	EXPECT_EQ(VIRTIO_BLK_S_IOERR, st) TH_LOG("discard");
+	st = blk_dwz(_metadata, c, VIRTIO_BLK_T_WRITE_ZEROES, &sector,
+		     &num, &flags, 1);
+	EXPECT_EQ(VIRTIO_BLK_S_IOERR, st) TH_LOG("write zeroes");
+	st = blk_dwz(_metadata, c, VIRTIO_BLK_T_WRITE_ZEROES, &sector,
+		     &num, &unmap, 1);
+	EXPECT_EQ(VIRTIO_BLK_S_IOERR, st) TH_LOG("write zeroes with unmap");
+	check_both(_metadata, c, DZ_SECTOR, expect, sizeof(expect));
+}
+
+/*
+ * VHOST_BLK_SET_BACKEND refuses what is neither a block device nor a
+ * regular file, or not readable (EINVAL), and a closed descriptor (EBADF);
+ * the old backend stays.  Without an owner it is EPERM.
+ */
+TEST_F(vmm, set_backend_refused)
+{
+	struct ctx *c = &self->c;
+	struct vmm *v = &c->v;
+	char path[64];
+	int fd, ret;
+
+	fd = eventfd(0, EFD_CLOEXEC);
+	ASSERT_LE(0, fd);
+	ret = vmm_set_backend(v, fd);
+	EXPECT_EQ(-EINVAL, ret) TH_LOG("an eventfd: %s", strerror(-ret));
+	close(fd);
+	ret = vmm_set_backend(v, fd);
+	EXPECT_EQ(-EBADF, ret) TH_LOG("a closed fd: %s", strerror(-ret));
+
+	fd = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	ASSERT_LE(0, fd);
+	ret = vmm_set_backend(v, fd);
+	EXPECT_EQ(-EINVAL, ret) TH_LOG("a directory: %s", strerror(-ret));
+	close(fd);
+
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", c->be.fd);
+	fd = open(path, O_WRONLY | O_CLOEXEC);
+	ASSERT_LE(0, fd) TH_LOG("%s: %s", path, strerror(errno));
+	ret = vmm_set_backend(v, fd);
+	EXPECT_EQ(-EINVAL, ret) TH_LOG("write-only: %s", strerror(-ret));
+	close(fd);
+
+	check_alive(_metadata, c);
+
+	fd = open(DEV_PATH, O_RDWR | O_CLOEXEC);
+	ASSERT_LE(0, fd);
+	ret = ioctl(fd, VHOST_BLK_SET_BACKEND, &c->be.fd);
+	EXPECT_EQ(-1, ret);
+	EXPECT_EQ(EPERM, errno);
+	close(fd);
+}
+
+/*
+ * The capacity is read at attach: sectors a file gains afterwards are out
+ * of range until it is attached again, under the running rings.
+ */
+TEST_F(vmm, capacity_at_attach)
+{
+	struct ctx *c = &self->c;
+	struct vmm *v = &c->v;
+	uint8_t expect[SECTOR];
+	uint64_t gbuf;
+	uint8_t st;
+	int ret;
+
+	if (c->be.bdev)
+		SKIP(return, "a block device does not grow");
+	gbuf = galloc(v, 0, SECTOR, SECTOR);
+	fill_rand(expect, sizeof(expect), next_seed(c));
+	memcpy(gpa_to_hva(v, gbuf, SECTOR), expect, SECTOR);
+	ASSERT_EQ(0, ftruncate(c->be.chk, FILE_SIZE + (1 << 20)));
+
+	st = blk_rw(_metadata, c, VIRTIO_BLK_T_OUT, c->cap, gbuf, SECTOR, 1,
+		    NULL);
+	EXPECT_EQ(VIRTIO_BLK_S_IOERR, st) TH_LOG("before the reattach");
+	ret = vmm_set_backend(v, c->be.fd);
+	ASSERT_EQ(0, ret) TH_LOG("reattach: %s", strerror(-ret));
+	st = blk_rw(_metadata, c, VIRTIO_BLK_T_OUT, c->cap, gbuf, SECTOR, 1,
+		    NULL);
+	ASSERT_EQ(VIRTIO_BLK_S_OK, st) TH_LOG("after the reattach");
+	check_both(_metadata, c, c->cap, expect, SECTOR);
+	st = blk_rw(_metadata, c, VIRTIO_BLK_T_IN, c->cap + 2048, gbuf,
+		    SECTOR, 1, NULL);
+	EXPECT_EQ(VIRTIO_BLK_S_IOERR, st) TH_LOG("past the new end");
+}
+
+/*
+ * VHOST_GET_VRING_BASE returns how many requests the device took from the
+ * ring and stops it: a new request waits until a backend is set again.
+ */
+TEST_F(vmm, get_vring_base)
+{
+	struct ctx *c = &self->c;
+	struct vmm *v = &c->v;
+	struct vhost_vring_state s = { .index = 0 };
+	struct used u = { 0 };
+	struct seg d[2];
+	unsigned int i;
+	uint8_t st;
+	int ret;
+
+	for (i = 0; i < 3; i++) {
+		st = blk_req(_metadata, c, 0, VIRTIO_BLK_T_FLUSH, 0, NULL, 0,
+			     NULL);
+		ASSERT_EQ(VIRTIO_BLK_S_OK, st);
+	}
+	ASSERT_EQ(0, ioctl(v->fd, VHOST_GET_VRING_BASE, &s))
+		TH_LOG("VHOST_GET_VRING_BASE: %s", strerror(errno));
+	EXPECT_EQ(3, s.num);
+
+	set_hdr(v, c->hdr, VIRTIO_BLK_T_FLUSH, 0);
+	*gptr(v, c->st) = 0xff;
+	d[0] = (struct seg){ c->hdr, HDR_SIZE, false };
+	d[1] = (struct seg){ c->st, 1, true };
+	ASSERT_LE(0, vq_add(v, 0, d, 2, v->indirect, 0));
+	vq_kick(v, 0);
+	ASSERT_FALSE(vmm_wait(v, 1, QUIET_MS))
+		TH_LOG("served after VHOST_GET_VRING_BASE");
+
+	ret = vmm_set_backend(v, c->be.fd);
+	ASSERT_EQ(0, ret) TH_LOG("reattach: %s", strerror(-ret));
+	ASSERT_TRUE(vmm_wait(v, 1, WAIT_MS)) TH_LOG("not served after reattach");
+	ASSERT_EQ(1, vq_get_used(v, 0, &u));
+	EXPECT_EQ(VIRTIO_BLK_S_OK, *gptr(v, c->st));
+	check_alive(_metadata, c);
+}
+
+/*
+ * Detach (-1) with writes in flight: the ones the device took complete
+ * before the ioctl returns, the others and one added while detached stay
+ * in the ring until a backend is attached again, then all complete.
+ */
+TEST_F(vmm, detach_reattach)
+{
+	struct ctx *c = &self->c;
+	enum { N = 16 };
+	struct vmm *v = &c->v;
+	uint64_t hdrs, sts, data, gbuf;
+	uint8_t first[4096], *expect;
+	unsigned int i, done = 0;
+	struct used u;
+	struct seg s[3];
+	uint8_t st;
+	int ret;
+
+	/* One write before anything else. */
+	gbuf = galloc(v, 0, sizeof(first), 4096);
+	fill_rand(first, sizeof(first), next_seed(c));
+	memcpy(gpa_to_hva(v, gbuf, sizeof(first)), first, sizeof(first));
+	st = blk_rw(_metadata, c, VIRTIO_BLK_T_OUT, 1300, gbuf,
+		    sizeof(first), 3, NULL);
+	ASSERT_EQ(VIRTIO_BLK_S_OK, st);
+
+	hdrs = galloc(v, 0, HDR_SIZE * (N + 1), 64);
+	sts = galloc(v, 0, N + 1, 64);
+	data = galloc(v, 1, 4096 * (N + 1), 4096);
+	expect = malloc(4096 * (N + 1));
+	ASSERT_NE(NULL, expect);
+	fill_rand(expect, 4096 * (N + 1), next_seed(c));
+	memcpy(gpa_to_hva(v, data, 4096 * (N + 1)), expect, 4096 * (N + 1));
+	for (i = 0; i <= N; i++) {
+		set_hdr(v, hdrs + HDR_SIZE * i, VIRTIO_BLK_T_OUT,
+			1400 + 8 * i);
+		*gptr(v, sts + i) = 0xff;
+		s[0] = (struct seg){ hdrs + HDR_SIZE * i, HDR_SIZE, false };
+		s[1] = (struct seg){ data + 4096 * i, 4096, false };
+		s[2] = (struct seg){ sts + i, 1, true };
+		if (i == N)
+			break;
+		ASSERT_LE(0, vq_add(v, 0, s, 3, v->indirect, i));
+	}
+	vq_kick(v, 0);
+	ret = vmm_set_backend(v, -1);
+	ASSERT_EQ(0, ret) TH_LOG("detach: %s", strerror(-ret));
+	while (vq_get_used(v, 0, &u) == 1) {
+		EXPECT_EQ(VIRTIO_BLK_S_OK, *gptr(v, sts + u.tag));
+		done++;
+	}
+	TH_LOG("%u of %u writes completed before the detach returned",
+	       done, N);
+
+	/* s[] is request N now: added while detached. */
+	ASSERT_LE(0, vq_add(v, 0, s, 3, v->indirect, N));
+	vq_kick(v, 0);
+	ASSERT_FALSE(vmm_wait(v, 1, QUIET_MS))
+		TH_LOG("a request completed without a backend");
+
+	ret = vmm_set_backend(v, c->be.fd);
+	ASSERT_EQ(0, ret) TH_LOG("reattach: %s", strerror(-ret));
+	/* Start the device again as a VMM would: one kick. */
+	vq_notify(&v->vq[0]);
+	while (done < N + 1) {
+		ASSERT_TRUE(vmm_wait(v, 1, WAIT_MS))
+			TH_LOG("%u of %u writes done after the reattach",
+			       done, N + 1);
+		while (vq_get_used(v, 0, &u) == 1) {
+			ASSERT_EQ(VIRTIO_BLK_S_OK, *gptr(v, sts + u.tag))
+				TH_LOG("write %u", u.tag);
+			EXPECT_EQ(1, u.len);
+			done++;
+		}
+	}
+	check_both(_metadata, c, 1300, first, sizeof(first));
+	for (i = 0; i <= N; i++)
+		check_both(_metadata, c, 1400 + 8 * i, expect + 4096 * i,
+			   4096);
+	free(expect);
+}
+
+/*
+ * With interrupts suppressed (VRING_AVAIL_F_NO_INTERRUPT, or used_event
+ * behind the used index with EVENT_IDX) a completion does not signal the
+ * call eventfd; with them enabled it does.
+ */
+TEST_F(vmm, interrupt_suppression)
+{
+	struct ctx *c = &self->c;
+	struct vmm *v = &c->v;
+	struct vq *vq = &v->vq[0];
+	struct pollfd pfd = { .events = POLLIN };
+	struct used u = { 0 };
+	int64_t deadline;
+	uint64_t hdr, st, data;
+	struct seg s[3];
+
+	/* EVENT_IDX: the device signals its first completion regardless. */
+	check_alive(_metadata, c);
+	hdr = galloc(v, 0, HDR_SIZE, 64);
+	st = galloc(v, 0, 1, 64);
+	data = galloc(v, 0, 4096, 4096);
+	set_hdr(v, hdr, VIRTIO_BLK_T_IN, ALIVE_SECTOR);
+	s[0] = (struct seg){ hdr, HDR_SIZE, false };
+	s[1] = (struct seg){ data, 4096, true };
+	s[2] = (struct seg){ st, 1, true };
+
+	drain(vq->call);
+	if (v->event_idx)
+		__atomic_store_n(vq->used_event, htole16(vq->last_used - 1),
+				 __ATOMIC_RELAXED);
+	else
+		__atomic_store_n(&vq->avail->flags,
+				 htole16(VRING_AVAIL_F_NO_INTERRUPT),
+				 __ATOMIC_RELAXED);
+	ASSERT_LE(0, vq_add(v, 0, s, 3, v->indirect, 0));
+	vq_kick(v, 0);
+	deadline = now_us() + WAIT_MS * 1000LL;
+	while (!vq_has_used(vq) && now_us() < deadline)
+		usleep(100);
+	ASSERT_EQ(1, vq_get_used(v, 0, &u)) TH_LOG("no completion");
+	EXPECT_EQ(VIRTIO_BLK_S_OK, *gptr(v, st));
+	usleep(50000);
+	pfd.fd = vq->call;
+	EXPECT_EQ(0, poll(&pfd, 1, 0))
+		TH_LOG("call signalled with interrupts suppressed");
+
+	drain(vq->call);
+	__atomic_store_n(&vq->avail->flags, 0, __ATOMIC_RELAXED);
+	__atomic_store_n(vq->used_event, htole16(vq->last_used),
+			 __ATOMIC_RELAXED);
+	ASSERT_LE(0, vq_add(v, 0, s, 3, v->indirect, 0));
+	vq_kick(v, 0);
+	EXPECT_EQ(1, poll(&pfd, 1, WAIT_MS))
+		TH_LOG("no call signal with interrupts enabled");
+	ASSERT_TRUE(vmm_wait(v, 1, WAIT_MS));
+	ASSERT_EQ(1, vq_get_used(v, 0, &u));
+	EXPECT_EQ(VIRTIO_BLK_S_OK, *gptr(v, st));
+}
+
+/* The queues x requests test: BIG_BATCH request slots per queue. */
+struct big_q {
+	uint64_t hdr;		/* BIG_BATCH headers */
+	uint64_t st;		/* BIG_BATCH status bytes */
+	uint64_t data;		/* BIG_BATCH buffers of BIG_LEN */
+	unsigned int nfree;
+	uint8_t free[BIG_BATCH];
+	unsigned int next;	/* next request to submit */
+	unsigned int done;
+	unsigned int max_inflight;
+};
+
+static uint64_t big_sector(unsigned int q, unsigned int i)
+{
+	return BIG_BASE + ((uint64_t)q * BIG_REQS + i) * (BIG_LEN / SECTOR);
+}
+
+static uint64_t big_seed(struct ctx *c, unsigned int q,
+			 unsigned int i)
+{
+	return mix64(c->seed ^ ((uint64_t)q << 40) ^ i);
+}
+
+/*
+ * BIG_REQS requests of one type on each queue, up to BIG_BATCH in flight
+ * per queue (fewer when the ring runs out of descriptors), refilled as
+ * they complete.  Reads are checked against the written pattern.  Returns
+ * the time taken in microseconds.
+ */
+static int64_t big_pass(struct __test_metadata *_metadata,
+			struct ctx *c, struct big_q *bq,
+			uint32_t type, unsigned int *kicks)
+{
+	struct vmm *v = &c->v;
+	uint8_t expect[BIG_LEN];
+	int64_t start = now_us();
+	unsigned int q, slot, idx, mask;
+	struct seg s[3];
+	struct used u;
+	bool added;
+	uint8_t *p;
+	int ret;
+
+	for (q = 0; q < v->nq; q++) {
+		bq[q].next = 0;
+		bq[q].done = 0;
+		bq[q].nfree = BIG_BATCH;
+		for (slot = 0; slot < BIG_BATCH; slot++)
+			bq[q].free[slot] = slot;
+	}
+	for (;;) {
+		mask = 0;
+		for (q = 0; q < v->nq; q++) {
+			struct big_q *b = &bq[q];
+
+			added = false;
+			while (b->next < BIG_REQS && b->nfree) {
+				slot = b->free[b->nfree - 1];
+				idx = b->next;
+				p = gpa_to_hva(v, b->data + BIG_LEN * slot,
+					       BIG_LEN);
+				if (type == VIRTIO_BLK_T_OUT)
+					fill_rand(p, BIG_LEN,
+						  big_seed(c, q, idx));
+				else
+					memset(p, 0, BIG_LEN);
+				set_hdr(v, b->hdr + HDR_SIZE * slot, type,
+					big_sector(q, idx));
+				*gptr(v, b->st + slot) = 0xff;
+				s[0] = (struct seg){ b->hdr + HDR_SIZE * slot,
+						     HDR_SIZE, false };
+				s[1] = (struct seg){ b->data + BIG_LEN * slot,
+						     BIG_LEN,
+						     type == VIRTIO_BLK_T_IN };
+				s[2] = (struct seg){ b->st + slot, 1, true };
+				if (vq_add(v, q, s, 3, v->indirect,
+					   idx * BIG_BATCH + slot) < 0)
+					break;
+				b->nfree--;
+				b->next++;
+				added = true;
+			}
+			if (v->vq[q].inflight > b->max_inflight)
+				b->max_inflight = v->vq[q].inflight;
+			if (added && vq_kick(v, q))
+				(*kicks)++;
+			if (b->done < BIG_REQS)
+				mask |= 1u << q;
+		}
+		if (!mask)
+			break;
+		ASSERT_TRUE(vmm_wait(v, mask, WAIT_MS))
+			TH_LOG("no completion within %d ms (queue 0: %u done)",
+			       WAIT_MS, bq[0].done);
+		for (q = 0; q < v->nq; q++) {
+			struct big_q *b = &bq[q];
+
+			while ((ret = vq_get_used(v, q, &u)) == 1) {
+				idx = u.tag / BIG_BATCH;
+				slot = u.tag % BIG_BATCH;
+				ASSERT_EQ(VIRTIO_BLK_S_OK,
+					  *gptr(v, b->st + slot))
+					TH_LOG("queue %u request %u", q, idx);
+				p = gpa_to_hva(v, b->data + BIG_LEN * slot,
+					       BIG_LEN);
+				if (type == VIRTIO_BLK_T_IN) {
+					EXPECT_EQ(BIG_LEN + 1, u.len);
+					fill_rand(expect, BIG_LEN,
+						  big_seed(c, q, idx));
+					ASSERT_EQ(-1, first_diff(expect, p,
+								 BIG_LEN))
+						TH_LOG("queue %u read %u", q,
+						       idx);
+				} else {
+					EXPECT_EQ(1, u.len);
+				}
+				b->free[b->nfree++] = slot;
+				b->done++;
+			}
+			ASSERT_EQ(0, ret) TH_LOG("queue %u: bad used entry", q);
+		}
+	}
+	return now_us() - start;
+}
+
+/* The backing store holds what big_pass() wrote. */
+static void big_check_store(struct __test_metadata *_metadata,
+			    struct ctx *c)
+{
+	size_t qlen = (size_t)BIG_REQS * BIG_LEN;
+	uint8_t expect[BIG_LEN], *store;
+	unsigned int q, i;
+	long off = -1;
+	int ret = 0;
+
+	store = malloc(qlen);
+	ASSERT_NE(NULL, store);
+	for (q = 0; q < MAX_QUEUES; q++) {
+		ret = be_io(&c->be, false, big_sector(q, 0) * SECTOR,
+			    store, qlen);
+		if (ret)
+			break;
+		for (i = 0; i < BIG_REQS; i++) {
+			fill_rand(expect, BIG_LEN, big_seed(c, q, i));
+			off = first_diff(expect, store + (size_t)i * BIG_LEN,
+					 BIG_LEN);
+			if (off != -1)
+				break;
+		}
+		if (off != -1)
+			break;
+	}
+	free(store);
+	ASSERT_EQ(0, ret) TH_LOG("backing store read: %s", strerror(-ret));
+	ASSERT_EQ(-1, off)
+		TH_LOG("backing store: queue %u write %u differs at byte %ld",
+		       q, i, off);
+}
+
+TEST_F_TIMEOUT(vmm, four_queues_1000, 300)
+{
+	struct ctx *c = &self->c;
+	struct vmm *v = &c->v;
+	struct big_q bq[MAX_QUEUES] = { 0 };
+	unsigned int q, kicks = 0, maxin = 0;
+	int64_t wus, rus;
+
+	if (v->nq < MAX_QUEUES)
+		SKIP(return, "the device has %u queues", v->nvqs);
+	ASSERT_LE(big_sector(MAX_QUEUES, 0), c->cap);
+	for (q = 0; q < MAX_QUEUES; q++) {
+		bq[q].hdr = galloc(v, 0, HDR_SIZE * BIG_BATCH, 64);
+		bq[q].st = galloc(v, 0, BIG_BATCH, 64);
+		bq[q].data = galloc(v, q & 1, (uint64_t)BIG_LEN * BIG_BATCH,
+				    4096);
+	}
+
+	wus = big_pass(_metadata, c, bq, VIRTIO_BLK_T_OUT, &kicks);
+	big_check_store(_metadata, c);
+	rus = big_pass(_metadata, c, bq, VIRTIO_BLK_T_IN, &kicks);
+	for (q = 0; q < MAX_QUEUES; q++) {
+		EXPECT_EQ(0, v->vq[q].inflight);
+		if (bq[q].max_inflight > maxin)
+			maxin = bq[q].max_inflight;
+	}
+	TH_LOG("%u queues x %u requests of %u bytes, up to %u in flight",
+	       MAX_QUEUES, BIG_REQS, BIG_LEN, maxin);
+	TH_LOG("write %.0f IOPS, read %.0f IOPS, %u kicks",
+	       MAX_QUEUES * BIG_REQS * 1e6 / (wus ? wus : 1),
+	       MAX_QUEUES * BIG_REQS * 1e6 / (rus ? rus : 1), kicks);
+}
+
+/*
+ * Close the device with 200 writes just kicked: the close returns, the
+ * device writes no used entry after it, and a new device works.
+ */
+TEST_F_TIMEOUT(vmm, close_in_flight, 60)
+{
+	struct ctx *c = &self->c;
+	enum { N = 200 };
+	struct vmm *v = &c->v;
+	uint64_t hdrs, sts, data;
+	uint16_t idx[MAX_QUEUES];
+	unsigned int i, q, tries, added = 0;
+	struct seg s[3];
+	int64_t t;
+
+	hdrs = galloc(v, 0, HDR_SIZE * N, 64);
+	sts = galloc(v, 0, N, 64);
+	data = galloc(v, 1, 4096ULL * N, 4096);
+	fill_rand(gpa_to_hva(v, data, 4096ULL * N), 4096ULL * N,
+		  next_seed(c));
+	for (i = 0, q = 0; i < N; i++) {
+		set_hdr(v, hdrs + HDR_SIZE * i, VIRTIO_BLK_T_OUT, 4096 + 8 * i);
+		s[0] = (struct seg){ hdrs + HDR_SIZE * i, HDR_SIZE, false };
+		s[1] = (struct seg){ data + 4096ULL * i, 4096, false };
+		s[2] = (struct seg){ sts + i, 1, true };
+		/* Round robin over the queues, skipping full rings. */
+		for (tries = 0; tries < v->nq; tries++, q = (q + 1) % v->nq) {
+			if (vq_add(v, q, s, 3, v->indirect, i) >= 0)
+				break;
+		}
+		if (tries == v->nq)
+			break;
+		q = (q + 1) % v->nq;
+		added++;
+	}
+	for (q = 0; q < v->nq; q++)
+		vq_kick(v, q);
+
+	t = now_us();
+	ASSERT_EQ(0, close(v->fd));
+	v->fd = -1;
+	t = now_us() - t;
+	for (q = 0; q < v->nq; q++)
+		idx[q] = vq_used_idx(&v->vq[q]);
+	TH_LOG("close with %u writes in flight took %lld us", added,
+	       (long long)t);
+	EXPECT_LT(t, 10000000LL);
+
+	usleep(200000);
+	for (q = 0; q < v->nq; q++)
+		EXPECT_EQ(idx[q], vq_used_idx(&v->vq[q]))
+			TH_LOG("queue %u: used ring written after close", q);
+
+	vmm_reopen(_metadata, v, c->be.fd);
+	check_alive(_metadata, c);
+}
+
+TEST_HARNESS_MAIN
