@@ -171,7 +171,7 @@ static void vhost_blk_done_work(struct vhost_work *work)
 			       req->head);
 			req->used_len = 0;
 		}
-		if (unlikely(vq->log_used) && req->used_len)
+		if (unlikely(req->log) && req->used_len)
 			vhost_log_write(vq, req->log, req->log_num,
 					req->used_len, req->iov + req->out_num,
 					req->in_num);
@@ -410,7 +410,7 @@ static int vhost_blk_handle_req(struct vhost_blk_vq *bvq,
 				 GFP_KERNEL);
 	if (!req->iov)
 		goto err_free_req;
-	if (unlikely(vq->log_used) && log_num) {
+	if (unlikely(log_num)) {
 		req->log = kmemdup_array(vq->log, log_num, sizeof(*req->log),
 					 GFP_KERNEL);
 		if (!req->log)
@@ -491,7 +491,8 @@ static void vhost_blk_handle_kick(struct vhost_work *work)
 	struct vhost_blk_vq *bvq = container_of(vq, struct vhost_blk_vq, vq);
 	struct vhost_blk *blk = bvq->blk;
 	struct vhost_blk_backend *be;
-	unsigned int out, in, log_num;
+	unsigned int out, in, log_num = 0;
+	struct vhost_log *log = NULL;
 	int head, ret, reqs = 0;
 	size_t bytes = 0;
 
@@ -501,13 +502,14 @@ static void vhost_blk_handle_kick(struct vhost_work *work)
 		goto out;
 	if (vq_meta_prefetch(vq) == 0)
 		goto out;
+	/* Migration: the pages the device writes are logged as dirty. */
+	if (unlikely(vhost_has_feature(vq, VHOST_F_LOG_ALL)))
+		log = vq->log;
 
 	vhost_disable_notify(&blk->dev, vq);
 	do {
 		head = vhost_get_vq_desc(vq, vq->iov, ARRAY_SIZE(vq->iov),
-					 &out, &in,
-					 unlikely(vq->log_used) ? vq->log : NULL,
-					 &log_num);
+					 &out, &in, log, &log_num);
 		/* A corrupt chain: vhost has reported it, the ring stops. */
 		if (unlikely(head < 0))
 			break;

@@ -14,8 +14,15 @@ rc=0
 tmp=$(mktemp -d)
 loopdev=
 
+nullb=/sys/kernel/config/nullb/vbpbad
+
+# shellcheck disable=SC2317 # called by the trap
 cleanup() {
 	[ -n "$loopdev" ] && losetup -d "$loopdev"
+	if [ -d "$nullb" ]; then
+		echo 0 > "$nullb/power"
+		rmdir "$nullb"
+	fi
 	vbp_loaded null_blk && rmmod null_blk
 	vbp_loaded brd && rmmod brd
 	vbp_loaded vhost_blk_poll && vbp_unload_host
@@ -56,4 +63,19 @@ loopdev=$(losetup --find --show --direct-io=on "$tmp/loop.img") ||
 	exit "$KSFT_FAIL"
 run "loop" bdev VBP_TEST_DIR="$tmp" VBP_TEST_BDEV="$loopdev"
 
+# A null_blk whose sectors 8192-8199 fail, made through configfs: I/O
+# errors of the backend fail exactly the requests that meet them.
+BAD_SECTOR=8192
+mountpoint -q /sys/kernel/config || mount -t configfs none /sys/kernel/config
+mkdir "$nullb" || exit "$KSFT_FAIL"
+echo 64 > "$nullb/size"
+echo 1 > "$nullb/memory_backed"
+echo "+$BAD_SECTOR-$((BAD_SECTOR + 7))" > "$nullb/badblocks"
+echo 1 > "$nullb/power"
+# The disk is named after the configfs item.
+baddev=/dev/$(basename "$nullb")
+vbp_wait_for "$baddev" || exit "$KSFT_FAIL"
+echo "# backend: null_blk with bad blocks"
+VBP_TEST_BDEV=$baddev VBP_TEST_BAD_SECTOR=$BAD_SECTOR \
+	"$VMM_TEST" -r vmm.bdev.backend_io_error || rc=$KSFT_FAIL
 exit "$rc"

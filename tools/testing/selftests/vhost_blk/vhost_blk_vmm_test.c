@@ -15,6 +15,7 @@
  */
 
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -2489,6 +2490,298 @@ TEST_F_TIMEOUT(vmm, close_in_flight, 60)
 
 	vmm_reopen(_metadata, v, c->be.fd);
 	check_alive(_metadata, c);
+}
+
+/* ------------------------------------------------------------------ */
+/* Workers, migration, faults, lifecycle                                */
+/* ------------------------------------------------------------------ */
+
+/* Threads of this process named like vhost workers ("vhost-<pid>"). */
+static unsigned int count_vhost_threads(void)
+{
+	char path[PATH_MAX], comm[32], want[32];
+	unsigned int n = 0;
+	struct dirent *d;
+	DIR *dir;
+	FILE *f;
+
+	snprintf(want, sizeof(want), "vhost-%d\n", getpid());
+	dir = opendir("/proc/self/task");
+	if (!dir)
+		return 0;
+	while ((d = readdir(dir))) {
+		if (d->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "/proc/self/task/%s/comm",
+			 d->d_name);
+		f = fopen(path, "r");
+		if (!f)
+			continue;
+		if (fgets(comm, sizeof(comm), f) && !strcmp(comm, want))
+			n++;
+		fclose(f);
+	}
+	closedir(dir);
+	return n;
+}
+
+/*
+ * Each vring gets a worker of its own (VHOST_NEW_WORKER and
+ * VHOST_ATTACH_VRING_WORKER), then every queue has 64 writes in flight at
+ * once; all complete and land in the backing store.
+ */
+TEST_F(vmm, per_queue_workers)
+{
+	enum { N = 64, LEN = 4096, BASE = 20480 };
+	struct ctx *c = &self->c;
+	struct vmm *v = &c->v;
+	struct vhost_worker_state w;
+	struct vhost_vring_worker vw;
+	uint32_t ids[MAX_QUEUES];
+	unsigned int q, i, j, done = 0;
+	uint64_t hdrs, sts, data;
+	struct used u;
+	struct seg sg[3];
+	uint8_t *buf;
+
+	if (v->nq < 2)
+		SKIP(return, "the device has %u queue", v->nvqs);
+	for (q = 0; q < v->nq; q++) {
+		memset(&w, 0, sizeof(w));
+		ASSERT_EQ(0, ioctl(v->fd, VHOST_NEW_WORKER, &w))
+			TH_LOG("VHOST_NEW_WORKER: %s", strerror(errno));
+		vw.index = q;
+		vw.worker_id = w.worker_id;
+		ASSERT_EQ(0, ioctl(v->fd, VHOST_ATTACH_VRING_WORKER, &vw))
+			TH_LOG("VHOST_ATTACH_VRING_WORKER: %s",
+			       strerror(errno));
+		ids[q] = w.worker_id;
+		for (j = 0; j < q; j++)
+			ASSERT_NE(ids[j], ids[q]);
+	}
+	for (q = 0; q < v->nq; q++) {
+		vw.index = q;
+		vw.worker_id = ~0u;
+		ASSERT_EQ(0, ioctl(v->fd, VHOST_GET_VRING_WORKER, &vw));
+		EXPECT_EQ(ids[q], vw.worker_id);
+	}
+	/* The default worker and one per queue, as threads of the owner. */
+	EXPECT_LE(v->nq + 1, count_vhost_threads());
+
+	hdrs = galloc(v, 0, HDR_SIZE * N * v->nq, 64);
+	sts = galloc(v, 0, N * v->nq, 64);
+	data = galloc(v, 1, (uint64_t)LEN * N * v->nq, 4096);
+	buf = gpa_to_hva(v, data, (uint64_t)LEN * N * v->nq);
+	fill_rand(buf, (size_t)LEN * N * v->nq, next_seed(c));
+	for (q = 0; q < v->nq; q++) {
+		for (i = 0; i < N; i++) {
+			j = q * N + i;
+			set_hdr(v, hdrs + HDR_SIZE * j, VIRTIO_BLK_T_OUT,
+				BASE + (uint64_t)j * (LEN / SECTOR));
+			sg[0] = (struct seg){ hdrs + HDR_SIZE * j, HDR_SIZE,
+					      false };
+			sg[1] = (struct seg){ data + (uint64_t)LEN * j, LEN,
+					      false };
+			sg[2] = (struct seg){ sts + j, 1, true };
+			*gptr(v, sts + j) = 0xff;
+			ASSERT_LE(0, vq_add(v, q, sg, 3, v->indirect, j));
+		}
+	}
+	for (q = 0; q < v->nq; q++)
+		vq_kick(v, q);
+	while (done < N * v->nq) {
+		ASSERT_TRUE(vmm_wait(v, (1u << v->nq) - 1, WAIT_MS))
+			TH_LOG("%u of %u writes done", done, N * v->nq);
+		for (q = 0; q < v->nq; q++) {
+			while (vq_get_used(v, q, &u) == 1) {
+				EXPECT_EQ(VIRTIO_BLK_S_OK,
+					  *gptr(v, sts + u.tag));
+				EXPECT_EQ(1, u.len);
+				done++;
+			}
+		}
+	}
+	check_store(_metadata, c, BASE, buf, (size_t)LEN * N * v->nq);
+}
+
+/* Whether the dirty log has the bit of the 4 KiB page at gpa. */
+static bool logged(const uint8_t *bitmap, uint64_t gpa)
+{
+	uint64_t page = gpa / 4096;
+
+	return bitmap[page / 8] & (1 << (page % 8));
+}
+
+/*
+ * Dirty logging for live migration (VHOST_F_LOG_ALL): a read marks the
+ * pages the device wrote (data, status byte, used ring) in the log, and a
+ * write marks the status and used pages but not the data it only read.
+ */
+TEST_F(vmm, dirty_log)
+{
+	struct ctx *c = &self->c;
+	struct vmm *v = &c->v;
+	const uint64_t pages = (REGION1_GPA + REGION_SIZE) / 4096;
+	struct vhost_vring_addr a = { .index = 0 };
+	uint64_t feat, logbase, buf, other;
+	uint8_t *bitmap;
+	uint32_t len = 0;
+
+	bitmap = calloc(1, pages / 8 + 8);
+	ASSERT_NE(NULL, bitmap);
+	logbase = (uintptr_t)bitmap;
+	ASSERT_EQ(0, ioctl(v->fd, VHOST_SET_LOG_BASE, &logbase))
+		TH_LOG("VHOST_SET_LOG_BASE: %s", strerror(errno));
+	feat = v->features | (1ULL << VHOST_F_LOG_ALL);
+	ASSERT_EQ(0, ioctl(v->fd, VHOST_SET_FEATURES, &feat))
+		TH_LOG("VHOST_SET_FEATURES with LOG_ALL: %s", strerror(errno));
+	a.flags = 1 << VHOST_VRING_F_LOG;
+	a.desc_user_addr = (uintptr_t)v->vq[0].desc;
+	a.avail_user_addr = (uintptr_t)v->vq[0].avail;
+	a.used_user_addr = (uintptr_t)v->vq[0].used;
+	a.log_guest_addr = hva_to_gpa(v, v->vq[0].used);
+	ASSERT_EQ(0, ioctl(v->fd, VHOST_SET_VRING_ADDR, &a))
+		TH_LOG("VHOST_SET_VRING_ADDR with logging: %s",
+		       strerror(errno));
+
+	buf = galloc(v, 1, 8192, 4096);
+	other = galloc(v, 1, 4096, 4096);
+	memset(bitmap, 0, pages / 8 + 8);
+	ASSERT_EQ(VIRTIO_BLK_S_OK,
+		  blk_rw(_metadata, c, VIRTIO_BLK_T_IN, 0, buf, 8192, 2, &len));
+	EXPECT_EQ(8193, len);
+	EXPECT_TRUE(logged(bitmap, buf));
+	EXPECT_TRUE(logged(bitmap, buf + 4096));
+	EXPECT_TRUE(logged(bitmap, c->st));
+	EXPECT_TRUE(logged(bitmap, a.log_guest_addr));
+	EXPECT_FALSE(logged(bitmap, other));
+
+	memset(bitmap, 0, pages / 8 + 8);
+	ASSERT_EQ(VIRTIO_BLK_S_OK,
+		  blk_rw(_metadata, c, VIRTIO_BLK_T_OUT, 0, other, 4096, 1,
+			 &len));
+	EXPECT_FALSE(logged(bitmap, other));
+	EXPECT_TRUE(logged(bitmap, c->st));
+	EXPECT_TRUE(logged(bitmap, a.log_guest_addr));
+	free(bitmap);
+}
+
+/*
+ * An I/O error of the backing device fails exactly the request that met
+ * it: VBP_TEST_BAD_SECTOR names a sector of VBP_TEST_BDEV that fails
+ * (null_blk badblocks); requests next to it still work.
+ */
+TEST_F(vmm, backend_io_error)
+{
+	struct ctx *c = &self->c;
+	const char *bad = getenv("VBP_TEST_BAD_SECTOR");
+	uint64_t sector, buf;
+	uint8_t expect[4096];
+
+	if (!bad || !c->be.bdev)
+		SKIP(return, "VBP_TEST_BAD_SECTOR names no failing sector");
+	sector = strtoull(bad, NULL, 0);
+	buf = galloc(&c->v, 0, 4096, 4096);
+	EXPECT_EQ(VIRTIO_BLK_S_IOERR,
+		  blk_rw(_metadata, c, VIRTIO_BLK_T_IN, sector, buf, 4096, 1,
+			 NULL));
+	EXPECT_EQ(VIRTIO_BLK_S_IOERR,
+		  blk_rw(_metadata, c, VIRTIO_BLK_T_OUT, sector, buf, 4096, 1,
+			 NULL));
+	/* The sectors around it, and the device, are fine. */
+	fill_rand(expect, sizeof(expect), next_seed(c));
+	memcpy(gpa_to_hva(&c->v, buf, 4096), expect, 4096);
+	ASSERT_EQ(VIRTIO_BLK_S_OK,
+		  blk_rw(_metadata, c, VIRTIO_BLK_T_OUT, sector + 64, buf,
+			 4096, 1, NULL));
+	check_both(_metadata, c, sector + 64, expect, sizeof(expect));
+	check_alive(_metadata, c);
+}
+
+/*
+ * VHOST_RESET_OWNER with hundreds of writes just kicked: it waits for
+ * them, and the device is set up again and works.
+ */
+TEST_F_TIMEOUT(vmm, reset_in_flight, 60)
+{
+	enum { N = 200 };
+	struct ctx *c = &self->c;
+	struct vmm *v = &c->v;
+	unsigned int i, q, tries, added = 0;
+	uint64_t hdrs, sts, data;
+	struct seg sg[3];
+
+	hdrs = galloc(v, 0, HDR_SIZE * N, 64);
+	sts = galloc(v, 0, N, 64);
+	data = galloc(v, 1, 4096ULL * N, 4096);
+	for (i = 0, q = 0; i < N; i++) {
+		set_hdr(v, hdrs + HDR_SIZE * i, VIRTIO_BLK_T_OUT, 8192 + 8 * i);
+		sg[0] = (struct seg){ hdrs + HDR_SIZE * i, HDR_SIZE, false };
+		sg[1] = (struct seg){ data + 4096ULL * i, 4096, false };
+		sg[2] = (struct seg){ sts + i, 1, true };
+		for (tries = 0; tries < v->nq; tries++, q = (q + 1) % v->nq)
+			if (vq_add(v, q, sg, 3, v->indirect, i) >= 0)
+				break;
+		if (tries == v->nq)
+			break;
+		q = (q + 1) % v->nq;
+		added++;
+	}
+	for (q = 0; q < v->nq; q++)
+		vq_kick(v, q);
+	TH_LOG("reset with %u writes kicked", added);
+	reset_and_check(_metadata, c);
+}
+
+/*
+ * A backend replaced while the rings are stopped (VHOST_GET_VRING_BASE on
+ * each): the next requests go to the new one, the old one is left alone.
+ */
+TEST_F(vmm, backend_replaced_while_stopped)
+{
+	struct ctx *c = &self->c;
+	struct vmm *v = &c->v;
+	struct vhost_vring_state s;
+	uint8_t old_data[4096], new_data[4096], got[4096];
+	char path[PATH_MAX];
+	const char *dir = getenv("VBP_TEST_DIR");
+	uint64_t buf;
+	unsigned int q;
+	int nfd, ret;
+
+	buf = galloc(v, 0, 4096, 4096);
+	fill_rand(old_data, sizeof(old_data), next_seed(c));
+	store_write(_metadata, c, 100, old_data, sizeof(old_data));
+
+	snprintf(path, sizeof(path), "%s/vhost_blk_new.XXXXXX",
+		 dir && *dir ? dir : "/tmp");
+	nfd = mkostemp(path, O_CLOEXEC);
+	ASSERT_LE(0, nfd);
+	unlink(path);
+	ASSERT_EQ(0, ftruncate(nfd, FILE_SIZE));
+	fill_rand(new_data, sizeof(new_data), next_seed(c));
+	ASSERT_EQ(sizeof(new_data), pwrite(nfd, new_data, sizeof(new_data),
+					   100 * SECTOR));
+
+	for (q = 0; q < v->nq; q++) {
+		s.index = q;
+		ASSERT_EQ(0, ioctl(v->fd, VHOST_GET_VRING_BASE, &s));
+	}
+	ret = vmm_set_backend(v, nfd);
+	ASSERT_EQ(0, ret) TH_LOG("SET_BACKEND: %s", strerror(-ret));
+
+	ASSERT_EQ(VIRTIO_BLK_S_OK,
+		  blk_rw(_metadata, c, VIRTIO_BLK_T_IN, 100, buf, 4096, 1,
+			 NULL));
+	EXPECT_EQ(-1, first_diff(new_data, gpa_to_hva(v, buf, 4096), 4096));
+	/* A write lands in the new file only. */
+	ASSERT_EQ(VIRTIO_BLK_S_OK,
+		  blk_rw(_metadata, c, VIRTIO_BLK_T_OUT, 200, buf, 4096, 1,
+			 NULL));
+	ASSERT_EQ(sizeof(got), pread(nfd, got, sizeof(got), 200 * SECTOR));
+	EXPECT_EQ(-1, first_diff(new_data, got, sizeof(got)));
+	check_store(_metadata, c, 100, old_data, sizeof(old_data));
+	close(nfd);
 }
 
 TEST_HARNESS_MAIN
