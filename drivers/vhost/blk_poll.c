@@ -20,6 +20,8 @@
 
 #include <linux/blkdev.h>
 #include <linux/compat.h>
+#include <linux/cpumask.h>
+#include <linux/debugfs.h>
 #include <linux/falloc.h>
 #include <linux/file.h>
 #include <linux/fs.h>
@@ -28,6 +30,10 @@
 #include <linux/module.h>
 #include <linux/moduleparam.h>
 #include <linux/nospec.h>
+#include <linux/sched.h>
+#include <linux/sched/clock.h>
+#include <linux/sched/signal.h>
+#include <linux/seq_file.h>
 #include <linux/slab.h>
 #include <linux/uio.h>
 #include <linux/vhost.h>
@@ -78,7 +84,25 @@ module_param_cb(max_queues, &max_queues_ops, &max_queues, 0644);
 MODULE_PARM_DESC(max_queues,
 		 "Virtqueues of each device opened from now on (1-256, default 16)");
 
+static unsigned int poll_us = 50;
+
+static int poll_us_set(const char *val, const struct kernel_param *kp)
+{
+	return param_set_uint_minmax(val, kp, 0, USEC_PER_SEC);
+}
+
+static const struct kernel_param_ops poll_us_ops = {
+	.set = poll_us_set,
+	.get = param_get_uint,
+};
+
+module_param_cb(poll_us, &poll_us_ops, &poll_us, 0644);
+MODULE_PARM_DESC(poll_us,
+		 "Default poll budget of new vrings in microseconds, 0 for notifications only (0-1000000, default 50)");
+
 static struct kmem_cache *vhost_blk_req_cache;
+static struct dentry *vhost_blk_debugfs;
+static atomic_t vhost_blk_ids = ATOMIC_INIT(0);
 
 /* The backing store, shared by all virtqueues of a device. */
 struct vhost_blk_backend {
@@ -90,9 +114,37 @@ struct vhost_blk_backend {
 	bool read_only;
 };
 
+/* What a vring's worker did, for debugfs; written under the vq mutex. */
+struct vhost_blk_stats {
+	/* Requests answered. */
+	u64 requests;
+	/* Times a guest notification woke the worker. */
+	u64 kicks;
+	/* Interrupts sent to the guest (call eventfd signals). */
+	u64 signals;
+	/* Passes of the worker over the ring that found work, and none. */
+	u64 busy_passes;
+	u64 idle_passes;
+	/* Updates of the used ring: requests / batches is the batch size. */
+	u64 batches;
+};
+
 struct vhost_blk_vq {
 	struct vhost_virtqueue vq;
 	struct vhost_blk *blk;
+	/* Continues polling after the worker yielded. */
+	struct vhost_work poll_work;
+	/* Pins the worker: runs in it. */
+	struct vhost_work pin_work;
+	int pin_cpu;
+	int pin_ret;
+	/* The CPU the worker is pinned to, -1 for none; under dev.mutex. */
+	int cpu;
+	/* Notifications are enabled: the next wake-up is a guest kick. */
+	bool notify;
+	/* local_clock() when the ring went idle while polled, or 0. */
+	u64 idle_since;
+	struct vhost_blk_stats stats;
 	/* Requests whose I/O has ended, waiting for done_work. */
 	struct llist_head done;
 	struct vhost_work done_work;
@@ -112,6 +164,7 @@ struct vhost_blk {
 	u8 serial[VIRTIO_BLK_ID_BYTES];
 	/* Woken when a ring's last request in flight is answered. */
 	wait_queue_head_t inflight_wq;
+	struct dentry *debugfs;
 	/* Number of virtqueues, fixed at open. */
 	unsigned int nvqs;
 	/* vqs[i].vq is guarded by its own mutex. */
@@ -150,21 +203,64 @@ static void vhost_blk_req_free(struct vhost_blk_req *req)
 		wake_up_all(&bvq->blk->inflight_wq);
 }
 
-/* Answer the requests whose I/O ended, in the worker of their virtqueue. */
-static void vhost_blk_done_work(struct vhost_work *work)
+/*
+ * Whether the guest wants an interrupt for the used entries just added:
+ * VRING_AVAIL_F_NO_INTERRUPT, or used_event with VIRTIO_RING_F_EVENT_IDX.
+ */
+static bool vhost_blk_need_signal(struct vhost_virtqueue *vq)
 {
-	struct vhost_blk_vq *bvq = container_of(work, struct vhost_blk_vq,
-						done_work);
+	__virtio16 v16;
+	bool valid;
+	u16 old;
+
+	/* The used index is visible before the guest's wish is read. */
+	smp_mb();
+	if (vhost_has_feature(vq, VIRTIO_F_NOTIFY_ON_EMPTY) &&
+	    vq->avail_idx == vq->last_avail_idx)
+		return true;
+	if (!vhost_has_feature(vq, VIRTIO_RING_F_EVENT_IDX)) {
+		if (get_user(v16, &vq->avail->flags))
+			return true;
+		return !(v16 & cpu_to_vhost16(vq, VRING_AVAIL_F_NO_INTERRUPT));
+	}
+	old = vq->signalled_used;
+	valid = vq->signalled_used_valid;
+	vq->signalled_used = vq->last_used_idx;
+	vq->signalled_used_valid = true;
+	if (!valid)
+		return true;
+	if (get_user(v16, (__virtio16 __user *)&vq->avail->ring[vq->num]))
+		return true;
+	return vring_need_event(vhost16_to_cpu(vq, v16), vq->last_used_idx,
+				old);
+}
+
+static void vhost_blk_add_used(struct vhost_blk_vq *bvq, unsigned int n)
+{
+	struct vhost_virtqueue *vq = &bvq->vq;
+
+	if (vhost_add_used_n(vq, vq->heads, n))
+		vq_err(vq, "cannot update the used ring\n");
+	bvq->stats.batches++;
+	if (vq->call_ctx.ctx && vhost_blk_need_signal(vq)) {
+		eventfd_signal(vq->call_ctx.ctx);
+		bvq->stats.signals++;
+	}
+}
+
+/*
+ * Answer the requests whose I/O ended: status byte, dirty log, used ring,
+ * one interrupt per batch if the guest wants it.  Called with the vq mutex
+ * held; returns the number of requests answered.
+ */
+static unsigned int vhost_blk_complete(struct vhost_blk_vq *bvq)
+{
 	struct vhost_virtqueue *vq = &bvq->vq;
 	struct vhost_blk_req *req, *tmp;
 	struct llist_node *list;
-	unsigned int n = 0;
+	unsigned int n = 0, total = 0;
 
 	list = llist_reverse_order(llist_del_all(&bvq->done));
-	if (!list)
-		return;
-
-	mutex_lock(&vq->mutex);
 	llist_for_each_entry_safe(req, tmp, list, node) {
 		if (put_user(req->status, req->status_ptr)) {
 			vq_err(vq, "cannot write the status of request %u\n",
@@ -178,15 +274,30 @@ static void vhost_blk_done_work(struct vhost_work *work)
 		vq->heads[n].id = cpu_to_vhost32(vq, req->head);
 		vq->heads[n].len = cpu_to_vhost32(vq, req->used_len);
 		n++;
+		total++;
 		vhost_blk_req_free(req);
 		if (n == UIO_MAXIOV) {
-			vhost_add_used_and_signal_n(vq->dev, vq, vq->heads, n);
+			vhost_blk_add_used(bvq, n);
 			n = 0;
 		}
 	}
 	if (n)
-		vhost_add_used_and_signal_n(vq->dev, vq, vq->heads, n);
-	mutex_unlock(&vq->mutex);
+		vhost_blk_add_used(bvq, n);
+	bvq->stats.requests += total;
+	return total;
+}
+
+/* Answer the requests whose I/O ended, in the worker of their virtqueue. */
+static void vhost_blk_done_work(struct vhost_work *work)
+{
+	struct vhost_blk_vq *bvq = container_of(work, struct vhost_blk_vq,
+						done_work);
+
+	if (llist_empty(&bvq->done))
+		return;
+	mutex_lock(&bvq->vq.mutex);
+	vhost_blk_complete(bvq);
+	mutex_unlock(&bvq->vq.mutex);
 }
 
 /*
@@ -484,57 +595,137 @@ err_nomem:
 	return -ENOMEM;
 }
 
+/*
+ * Take the requests the guest has made available.  Returns how many were
+ * taken, or -EAGAIN when the ring is empty and notifications are enabled
+ * again, or -EIO when the ring stopped.  *weight counts towards the ring's
+ * share of the worker.
+ */
+static int vhost_blk_take(struct vhost_blk_vq *bvq,
+			  struct vhost_blk_backend *be, struct vhost_log *log,
+			  bool *weight)
+{
+	struct vhost_virtqueue *vq = &bvq->vq;
+	struct vhost_dev *dev = &bvq->blk->dev;
+	unsigned int out, in, log_num = 0;
+	int head, ret, reqs = 0;
+	size_t bytes = 0;
+
+	for (;;) {
+		head = vhost_get_vq_desc(vq, vq->iov, ARRAY_SIZE(vq->iov),
+					 &out, &in, log, &log_num);
+		/* A corrupt chain: vhost has reported it, the ring stops. */
+		if (unlikely(head < 0))
+			return -EIO;
+		if (head == vq->num)
+			return reqs;
+		bytes += iov_length(vq->iov, out + in);
+		ret = vhost_blk_handle_req(bvq, be, head, out, in, log_num);
+		if (unlikely(ret == -ENOMEM)) {
+			/* The chain went back to the ring: try again later. */
+			*weight = true;
+			return reqs;
+		}
+		if (unlikely(ret)) {
+			/* No status byte to answer with: the ring stops. */
+			bvq->broken = true;
+			return -EIO;
+		}
+		reqs++;
+		if (reqs >= dev->weight || bytes >= dev->byte_weight) {
+			*weight = true;
+			return reqs;
+		}
+	}
+}
+
+/*
+ * The worker's loop over one ring.  While there is work, guest kicks stay
+ * disabled and the ring and the completions are polled; after the ring's
+ * poll budget (busyloop_timeout, microseconds) without work, notifications
+ * are enabled again, the ring re-checked, and the worker sleeps.  It yields
+ * to other work, the scheduler and signals by queueing itself again.
+ */
+static void vhost_blk_serve(struct vhost_blk_vq *bvq)
+{
+	struct vhost_virtqueue *vq = &bvq->vq;
+	struct vhost_dev *dev = &bvq->blk->dev;
+	struct vhost_blk_backend *be;
+	struct vhost_log *log = NULL;
+	struct blk_plug plug;
+	u64 budget_ns;
+	bool weight = false;
+	int taken, done;
+
+	mutex_lock(&vq->mutex);
+	vhost_blk_complete(bvq);
+	be = vhost_vq_get_backend(vq);
+	if (!be || bvq->broken)
+		goto out;
+	if (!vq_meta_prefetch(vq))
+		goto out;
+	/* Migration: the pages the device writes are logged as dirty. */
+	if (unlikely(vhost_has_feature(vq, VHOST_F_LOG_ALL)))
+		log = vq->log;
+	budget_ns = (u64)vq->busyloop_timeout * NSEC_PER_USEC;
+
+	vhost_disable_notify(dev, vq);
+	bvq->notify = false;
+	for (;;) {
+		blk_start_plug(&plug);
+		taken = vhost_blk_take(bvq, be, log, &weight);
+		blk_finish_plug(&plug);
+		if (taken < 0)
+			break;
+		done = vhost_blk_complete(bvq);
+		if (taken || done) {
+			bvq->stats.busy_passes++;
+			bvq->idle_since = 0;
+		} else {
+			bvq->stats.idle_passes++;
+			if (!bvq->idle_since)
+				bvq->idle_since = local_clock();
+		}
+		/* The budget counts across yields: idle polling ends. */
+		if (!taken && !done &&
+		    local_clock() - bvq->idle_since >= budget_ns) {
+			bvq->idle_since = 0;
+			/* Sleep until kicked, unless more snuck in. */
+			if (unlikely(vhost_enable_notify(dev, vq))) {
+				vhost_disable_notify(dev, vq);
+				continue;
+			}
+			bvq->notify = true;
+			break;
+		}
+		/* Let other work of this worker, the scheduler, signals in. */
+		if (weight || need_resched() || signal_pending(current) ||
+		    vhost_vq_has_work(vq)) {
+			vhost_vq_work_queue(vq, &bvq->poll_work);
+			break;
+		}
+		if (!taken && !done)
+			cpu_relax();
+	}
+out:
+	mutex_unlock(&vq->mutex);
+}
+
 static void vhost_blk_handle_kick(struct vhost_work *work)
 {
 	struct vhost_virtqueue *vq = container_of(work, struct vhost_virtqueue,
 						  poll.work);
 	struct vhost_blk_vq *bvq = container_of(vq, struct vhost_blk_vq, vq);
-	struct vhost_blk *blk = bvq->blk;
-	struct vhost_blk_backend *be;
-	unsigned int out, in, log_num = 0;
-	struct vhost_log *log = NULL;
-	int head, ret, reqs = 0;
-	size_t bytes = 0;
 
-	mutex_lock(&vq->mutex);
-	be = vhost_vq_get_backend(vq);
-	if (!be || bvq->broken)
-		goto out;
-	if (vq_meta_prefetch(vq) == 0)
-		goto out;
-	/* Migration: the pages the device writes are logged as dirty. */
-	if (unlikely(vhost_has_feature(vq, VHOST_F_LOG_ALL)))
-		log = vq->log;
+	/* Unlocked: a statistic, and notify only changes in this worker. */
+	if (READ_ONCE(bvq->notify))
+		bvq->stats.kicks++;
+	vhost_blk_serve(bvq);
+}
 
-	vhost_disable_notify(&blk->dev, vq);
-	do {
-		head = vhost_get_vq_desc(vq, vq->iov, ARRAY_SIZE(vq->iov),
-					 &out, &in, log, &log_num);
-		/* A corrupt chain: vhost has reported it, the ring stops. */
-		if (unlikely(head < 0))
-			break;
-		if (head == vq->num) {
-			if (unlikely(vhost_enable_notify(&blk->dev, vq))) {
-				vhost_disable_notify(&blk->dev, vq);
-				continue;
-			}
-			break;
-		}
-		bytes += iov_length(vq->iov, out + in);
-		ret = vhost_blk_handle_req(bvq, be, head, out, in, log_num);
-		if (unlikely(ret == -ENOMEM)) {
-			/* The chain went back to the ring: try again later. */
-			vhost_poll_queue(&vq->poll);
-			break;
-		}
-		if (unlikely(ret)) {
-			/* No status byte to answer with: the ring stops. */
-			bvq->broken = true;
-			break;
-		}
-	} while (!vhost_exceeds_weight(vq, ++reqs, bytes));
-out:
-	mutex_unlock(&vq->mutex);
+static void vhost_blk_poll_work(struct vhost_work *work)
+{
+	vhost_blk_serve(container_of(work, struct vhost_blk_vq, poll_work));
 }
 
 /*
@@ -707,6 +898,93 @@ out_unlock:
 	return ret;
 }
 
+static void vhost_blk_pin_work(struct vhost_work *work)
+{
+	struct vhost_blk_vq *bvq = container_of(work, struct vhost_blk_vq,
+						pin_work);
+	const struct cpumask *mask = cpu_possible_mask;
+
+	if (bvq->pin_cpu >= 0)
+		mask = cpumask_of(bvq->pin_cpu);
+	bvq->pin_ret = set_cpus_allowed_ptr(current, mask);
+}
+
+/*
+ * Pin the worker serving a vring to a CPU (-1: let it run anywhere).  The
+ * pinning is done by the worker itself, so it also holds for a worker of
+ * the VMM's (VHOST_NEW_WORKER); a worker shared by several vrings is
+ * pinned for all of them.
+ */
+static long vhost_blk_set_vring_cpu(struct vhost_blk *blk, void __user *argp)
+{
+	struct vhost_vring_state s;
+	struct vhost_blk_vq *bvq;
+	int cpu;
+	long ret;
+
+	if (copy_from_user(&s, argp, sizeof(s)))
+		return -EFAULT;
+	cpu = (int)s.num;
+	mutex_lock(&blk->dev.mutex);
+	ret = vhost_dev_check_owner(&blk->dev);
+	if (ret)
+		goto out_unlock;
+	ret = -ENOBUFS;
+	if (s.index >= blk->nvqs)
+		goto out_unlock;
+	ret = -EINVAL;
+	if (cpu < -1 || (cpu >= 0 && (cpu >= nr_cpu_ids || !cpu_online(cpu))))
+		goto out_unlock;
+	bvq = &blk->vqs[array_index_nospec(s.index, blk->nvqs)];
+	bvq->pin_cpu = cpu;
+	bvq->pin_ret = -ESRCH;
+	ret = -EBUSY;
+	if (!vhost_vq_work_queue(&bvq->vq, &bvq->pin_work))
+		goto out_unlock;
+	vhost_dev_flush(&blk->dev);
+	ret = bvq->pin_ret;
+	if (!ret)
+		bvq->cpu = cpu;
+out_unlock:
+	mutex_unlock(&blk->dev.mutex);
+	return ret;
+}
+
+static int vhost_blk_stats_show(struct seq_file *m, void *data)
+{
+	struct vhost_blk *blk = m->private;
+	unsigned int i;
+
+	seq_puts(m, "vq requests kicks signals busy_passes idle_passes batches inflight poll_us cpu\n");
+	for (i = 0; i < blk->nvqs; i++) {
+		struct vhost_blk_vq *bvq = &blk->vqs[i];
+		struct vhost_blk_stats *st = &bvq->stats;
+
+		seq_printf(m, "%u %llu %llu %llu %llu %llu %llu %d %u %d\n", i,
+			   READ_ONCE(st->requests), READ_ONCE(st->kicks),
+			   READ_ONCE(st->signals), READ_ONCE(st->busy_passes),
+			   READ_ONCE(st->idle_passes), READ_ONCE(st->batches),
+			   atomic_read(&bvq->inflight),
+			   READ_ONCE(bvq->vq.busyloop_timeout),
+			   READ_ONCE(bvq->cpu));
+	}
+	return 0;
+}
+DEFINE_SHOW_ATTRIBUTE(vhost_blk_stats);
+
+/* Vrings start with the module's poll budget (also after a reset). */
+static void vhost_blk_default_poll(struct vhost_blk *blk)
+{
+	unsigned int i, us = READ_ONCE(poll_us);
+
+	for (i = 0; i < blk->nvqs; i++) {
+		mutex_lock(&blk->vqs[i].vq.mutex);
+		blk->vqs[i].vq.busyloop_timeout = us;
+		blk->vqs[i].notify = true;
+		mutex_unlock(&blk->vqs[i].vq.mutex);
+	}
+}
+
 static long vhost_blk_set_serial(struct vhost_blk *blk, void __user *argp)
 {
 	u8 serial[VIRTIO_BLK_ID_BYTES];
@@ -724,6 +1002,7 @@ static int vhost_blk_open(struct inode *inode, struct file *f)
 	unsigned int nvqs = READ_ONCE(max_queues);
 	struct vhost_virtqueue **vqs;
 	struct vhost_blk *blk;
+	char name[32];
 	unsigned int i;
 
 	/* Large (every vq embeds its iovec array): fall back to vmalloc. */
@@ -744,6 +1023,9 @@ static int vhost_blk_open(struct inode *inode, struct file *f)
 		vqs[i] = &bvq->vq;
 		bvq->blk = blk;
 		bvq->vq.handle_kick = vhost_blk_handle_kick;
+		bvq->cpu = -1;
+		vhost_work_init(&bvq->poll_work, vhost_blk_poll_work);
+		vhost_work_init(&bvq->pin_work, vhost_blk_pin_work);
 		init_llist_head(&bvq->done);
 		atomic_set(&bvq->inflight, 0);
 		vhost_work_init(&bvq->done_work, vhost_blk_done_work);
@@ -751,6 +1033,14 @@ static int vhost_blk_open(struct inode *inode, struct file *f)
 	}
 	vhost_dev_init(&blk->dev, vqs, nvqs, UIO_MAXIOV, VHOST_BLK_PKT_WEIGHT,
 		       VHOST_BLK_WEIGHT, true, NULL);
+	vhost_blk_default_poll(blk);
+
+	/* Statistics under <pid>-<id>; nothing fails for want of them. */
+	snprintf(name, sizeof(name), "%d-%u", task_tgid_nr(current),
+		 (unsigned int)atomic_inc_return(&vhost_blk_ids));
+	blk->debugfs = debugfs_create_dir(name, vhost_blk_debugfs);
+	debugfs_create_file("stats", 0400, blk->debugfs, blk,
+			    &vhost_blk_stats_fops);
 
 	f->private_data = blk;
 	return 0;
@@ -765,9 +1055,10 @@ static int vhost_blk_release(struct inode *inode, struct file *f)
 	struct vhost_blk *blk = f->private_data;
 
 	/*
-	 * Stop serving and wait for the requests in flight, stop the kicks,
-	 * let queued work finish, then tear down.
+	 * No more statistics; stop serving and wait for the requests in
+	 * flight, stop the kicks, let queued work finish, then tear down.
 	 */
+	debugfs_remove_recursive(blk->debugfs);
 	mutex_lock(&blk->dev.mutex);
 	vhost_blk_backend_put(vhost_blk_stop(blk));
 	mutex_unlock(&blk->dev.mutex);
@@ -823,6 +1114,7 @@ static long vhost_blk_reset_owner(struct vhost_blk *blk)
 	vhost_dev_stop(&blk->dev);
 	vhost_dev_flush(&blk->dev);
 	vhost_dev_reset_owner(&blk->dev, umem);
+	vhost_blk_default_poll(blk);
 out_unlock:
 	mutex_unlock(&blk->dev.mutex);
 	return ret;
@@ -859,8 +1151,7 @@ static long vhost_blk_ioctl(struct file *f, unsigned int ioctl,
 	case VHOST_GET_VRING_BASE:
 		return vhost_blk_get_vring_base(blk, argp);
 	case VHOST_BLK_SET_VRING_CPU:
-		/* Part of the ABI, not supported by this version. */
-		return -ENOTTY;
+		return vhost_blk_set_vring_cpu(blk, argp);
 	case VHOST_NEW_WORKER:
 	case VHOST_FREE_WORKER:
 	case VHOST_ATTACH_VRING_WORKER:
@@ -904,12 +1195,14 @@ static int __init vhost_blk_init(void)
 	vhost_blk_req_cache = KMEM_CACHE(vhost_blk_req, 0);
 	if (!vhost_blk_req_cache)
 		return -ENOMEM;
+	vhost_blk_debugfs = debugfs_create_dir(KBUILD_MODNAME, NULL);
 	ret = misc_register(&vhost_blk_misc);
 	if (ret)
-		goto err_destroy_cache;
+		goto err_remove_debugfs;
 	return 0;
 
-err_destroy_cache:
+err_remove_debugfs:
+	debugfs_remove_recursive(vhost_blk_debugfs);
 	kmem_cache_destroy(vhost_blk_req_cache);
 	return ret;
 }
@@ -918,6 +1211,7 @@ module_init(vhost_blk_init);
 static void __exit vhost_blk_exit(void)
 {
 	misc_deregister(&vhost_blk_misc);
+	debugfs_remove_recursive(vhost_blk_debugfs);
 	kmem_cache_destroy(vhost_blk_req_cache);
 }
 module_exit(vhost_blk_exit);

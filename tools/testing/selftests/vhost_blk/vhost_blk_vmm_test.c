@@ -21,6 +21,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -2782,6 +2783,422 @@ TEST_F(vmm, backend_replaced_while_stopped)
 	EXPECT_EQ(-1, first_diff(new_data, got, sizeof(got)));
 	check_store(_metadata, c, 100, old_data, sizeof(old_data));
 	close(nfd);
+}
+
+/* ------------------------------------------------------------------ */
+/* Polling workers, pinning, counters                                   */
+/* ------------------------------------------------------------------ */
+
+#define STATS_DIR	"/sys/kernel/debug/vhost_blk_poll"
+
+/* One vring's line of the device's debugfs statistics. */
+struct vq_stats {
+	unsigned long long requests, kicks, signals, busy, idle, batches;
+	int inflight;
+	unsigned int poll_us;
+	int cpu;
+};
+
+/* The statistics of vring q of this process's newest device. */
+static int read_stats(unsigned int q, struct vq_stats *st)
+{
+	char path[PATH_MAX], line[256], prefix[32];
+	unsigned int best = 0, id, i;
+	struct dirent *d;
+	int ret = -1;
+	DIR *dir;
+	FILE *f;
+
+	snprintf(prefix, sizeof(prefix), "%d-", getpid());
+	dir = opendir(STATS_DIR);
+	if (!dir)
+		return -1;
+	while ((d = readdir(dir))) {
+		if (strncmp(d->d_name, prefix, strlen(prefix)))
+			continue;
+		id = strtoul(d->d_name + strlen(prefix), NULL, 10);
+		if (id > best)
+			best = id;
+	}
+	closedir(dir);
+	if (!best)
+		return -1;
+	snprintf(path, sizeof(path), STATS_DIR "/%s%u/stats", prefix, best);
+	f = fopen(path, "r");
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f)) {
+		if (sscanf(line, "%u %llu %llu %llu %llu %llu %llu %d %u %d",
+			   &i, &st->requests, &st->kicks, &st->signals,
+			   &st->busy, &st->idle, &st->batches, &st->inflight,
+			   &st->poll_us, &st->cpu) == 10 && i == q) {
+			ret = 0;
+			break;
+		}
+	}
+	fclose(f);
+	return ret;
+}
+
+static int set_poll_us(struct vmm *v, unsigned int q, unsigned int us)
+{
+	struct vhost_vring_state s = { .index = q, .num = us };
+
+	return ioctl(v->fd, VHOST_SET_VRING_BUSYLOOP_TIMEOUT, &s);
+}
+
+/* Makes the new avail entries visible, without notifying the device. */
+static void vq_publish(struct vq *vq)
+{
+	__atomic_store_n(&vq->avail->idx, htole16(vq->avail_idx),
+			 __ATOMIC_RELEASE);
+	vq->published = vq->avail_idx;
+}
+
+/* Waits up to ms for a used entry by watching the ring alone. */
+static bool vq_spin(struct vq *vq, int ms)
+{
+	int64_t deadline = now_us() + ms * 1000LL;
+
+	while (!vq_has_used(vq)) {
+		if (now_us() > deadline)
+			return false;
+		usleep(50);
+	}
+	return true;
+}
+
+/* A 4 KiB write of queue q at sector, added and published but not kicked. */
+static int add_write(struct ctx *c, unsigned int q, uint64_t sector,
+		     uint64_t data)
+{
+	struct vmm *v = &c->v;
+	struct seg sg[3] = {
+		{ c->hdr, HDR_SIZE, false },
+		{ data, 4096, false },
+		{ c->st, 1, true },
+	};
+
+	set_hdr(v, c->hdr, VIRTIO_BLK_T_OUT, sector);
+	*gptr(v, c->st) = 0xff;
+	return vq_add(v, q, sg, 3, v->indirect, 0);
+}
+
+/*
+ * A polling vring serves requests the guest never kicks for: after one
+ * kick, 50 requests made available one after the other all complete, the
+ * device asks for no kicks while it polls, and the module counts one kick.
+ * Once the budget is spent without work, it asks for kicks again.
+ */
+TEST_F(vmm, polling_serves_without_kicks)
+{
+	struct ctx *c = &self->c;
+	struct vmm *v = &c->v;
+	struct vq *vq = &v->vq[0];
+	struct vq_stats st0, st1;
+	uint64_t data;
+	struct used u;
+	unsigned int i;
+
+	data = galloc(v, 1, 4096, 4096);
+	fill_rand(gpa_to_hva(v, data, 4096), 4096, next_seed(c));
+	/* Half a second of budget: plenty between two requests. */
+	ASSERT_EQ(0, set_poll_us(v, 0, 500000));
+	ASSERT_EQ(0, read_stats(0, &st0)) TH_LOG("no statistics in debugfs");
+	EXPECT_EQ(500000, st0.poll_us);
+
+	ASSERT_LE(0, add_write(c, 0, 300, data));
+	ASSERT_TRUE(vq_kick(v, 0));
+	ASSERT_TRUE(vq_spin(vq, WAIT_MS));
+	ASSERT_EQ(1, vq_get_used(v, 0, &u));
+	for (i = 0; i < 50; i++) {
+		if (!v->event_idx)
+			EXPECT_TRUE(le16toh(vq->used->flags) &
+				    VRING_USED_F_NO_NOTIFY)
+				TH_LOG("request %u: the device asks for kicks",
+				       i);
+		ASSERT_LE(0, add_write(c, 0, 300 + 8 * i, data));
+		vq_publish(vq);
+		ASSERT_TRUE(vq_spin(vq, WAIT_MS))
+			TH_LOG("request %u not served without a kick", i);
+		ASSERT_EQ(1, vq_get_used(v, 0, &u));
+		EXPECT_EQ(VIRTIO_BLK_S_OK, *gptr(v, c->st));
+	}
+	ASSERT_EQ(0, read_stats(0, &st1));
+	EXPECT_EQ(1, st1.kicks - st0.kicks);
+	EXPECT_EQ(51, st1.requests - st0.requests);
+	EXPECT_LT(0, st1.busy - st0.busy);
+
+	/* Budget spent: notifications are wanted again, and work. */
+	usleep(1500000);
+	if (!v->event_idx)
+		EXPECT_FALSE(le16toh(vq->used->flags) & VRING_USED_F_NO_NOTIFY);
+	check_alive(_metadata, c);
+}
+
+/* With no poll budget, a request that is not kicked is not served. */
+TEST_F(vmm, no_budget_needs_kicks)
+{
+	struct ctx *c = &self->c;
+	struct vmm *v = &c->v;
+	struct vq *vq = &v->vq[0];
+	uint64_t data;
+	struct used u;
+
+	data = galloc(v, 1, 4096, 4096);
+	ASSERT_EQ(0, set_poll_us(v, 0, 0));
+	check_alive(_metadata, c);
+	ASSERT_LE(0, add_write(c, 0, 400, data));
+	vq_publish(vq);
+	EXPECT_FALSE(vq_spin(vq, 300));
+	vq_notify(vq);
+	ASSERT_TRUE(vq_spin(vq, WAIT_MS));
+	ASSERT_EQ(1, vq_get_used(v, 0, &u));
+}
+
+/*
+ * The module's counters agree with what the guest saw: kicks sent and
+ * interrupts received (the call eventfd's count) over 20 requests in
+ * notification mode.
+ */
+TEST_F(vmm, counters_match_the_guest)
+{
+	struct ctx *c = &self->c;
+	struct vmm *v = &c->v;
+	struct vq *vq = &v->vq[0];
+	struct vq_stats st0, st1;
+	uint64_t data, calls = 0;
+	unsigned int i, kicks = 0;
+	struct used u;
+
+	data = galloc(v, 1, 4096, 4096);
+	ASSERT_EQ(0, set_poll_us(v, 0, 0));
+	check_alive(_metadata, c);
+	usleep(100000);
+	drain(vq->call);
+	ASSERT_EQ(0, read_stats(0, &st0));
+	for (i = 0; i < 20; i++) {
+		if (v->event_idx)
+			__atomic_store_n(vq->used_event,
+					 htole16(vq->last_used), __ATOMIC_RELAXED);
+		ASSERT_LE(0, add_write(c, 0, 500 + 8 * i, data));
+		kicks += vq_kick(v, 0);
+		ASSERT_TRUE(vq_spin(vq, WAIT_MS));
+		ASSERT_EQ(1, vq_get_used(v, 0, &u));
+	}
+	ASSERT_EQ(sizeof(calls), read(vq->call, &calls, sizeof(calls)));
+	ASSERT_EQ(0, read_stats(0, &st1));
+	EXPECT_EQ(20, st1.requests - st0.requests);
+	EXPECT_EQ(kicks, st1.kicks - st0.kicks);
+	EXPECT_EQ(calls, st1.signals - st0.signals);
+	EXPECT_EQ(20, calls);
+	TH_LOG("20 requests: %u kicks, %llu signals", kicks,
+	       (unsigned long long)calls);
+}
+
+/* The CPUs a thread of this process may run on, as a bit mask. */
+static unsigned long thread_cpus(pid_t tid)
+{
+	cpu_set_t set;
+	unsigned long mask = 0;
+	int i;
+
+	if (sched_getaffinity(tid, sizeof(set), &set))
+		return 0;
+	for (i = 0; i < 64; i++)
+		if (CPU_ISSET(i, &set))
+			mask |= 1UL << i;
+	return mask;
+}
+
+/* The vhost worker threads of this process and their CPU masks. */
+static unsigned int vhost_thread_cpus(unsigned long *masks, unsigned int max)
+{
+	char path[PATH_MAX], comm[32], want[32];
+	unsigned int n = 0;
+	struct dirent *d;
+	DIR *dir;
+	FILE *f;
+
+	snprintf(want, sizeof(want), "vhost-%d\n", getpid());
+	dir = opendir("/proc/self/task");
+	if (!dir)
+		return 0;
+	while ((d = readdir(dir)) && n < max) {
+		if (d->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "/proc/self/task/%s/comm",
+			 d->d_name);
+		f = fopen(path, "r");
+		if (!f)
+			continue;
+		if (fgets(comm, sizeof(comm), f) && !strcmp(comm, want))
+			masks[n++] = thread_cpus(atoi(d->d_name));
+		fclose(f);
+	}
+	closedir(dir);
+	return n;
+}
+
+/*
+ * VHOST_BLK_SET_VRING_CPU pins the worker of a vring to one CPU and -1
+ * lets it run anywhere again; bad CPUs and vrings are refused.
+ */
+TEST_F(vmm, pin_worker)
+{
+	struct ctx *c = &self->c;
+	struct vmm *v = &c->v;
+	long ncpus = sysconf(_SC_NPROCESSORS_ONLN);
+	struct vhost_vring_state s;
+	unsigned long masks[8], all;
+	unsigned int n, i, pinned;
+	int cpu = ncpus - 1;
+
+	ASSERT_LE(1, ncpus);
+	s.index = 0;
+	s.num = cpu;
+	ASSERT_EQ(0, ioctl(v->fd, VHOST_BLK_SET_VRING_CPU, &s))
+		TH_LOG("VHOST_BLK_SET_VRING_CPU: %s", strerror(errno));
+	n = vhost_thread_cpus(masks, 8);
+	ASSERT_LE(1, n);
+	for (i = 0, pinned = 0; i < n; i++)
+		pinned += masks[i] == 1UL << cpu;
+	EXPECT_EQ(1, pinned);
+	check_alive(_metadata, c);
+	ASSERT_EQ(0, read_stats(0, &(struct vq_stats){ 0 }));
+
+	s.num = -1;
+	ASSERT_EQ(0, ioctl(v->fd, VHOST_BLK_SET_VRING_CPU, &s));
+	all = ncpus >= 64 ? ~0UL : (1UL << ncpus) - 1;
+	n = vhost_thread_cpus(masks, 8);
+	for (i = 0; i < n; i++)
+		EXPECT_EQ(all, masks[i] & all);
+
+	s.num = ncpus + 100;
+	ASSERT_EQ(-1, ioctl(v->fd, VHOST_BLK_SET_VRING_CPU, &s));
+	EXPECT_EQ(EINVAL, errno);
+	s.num = -2;
+	ASSERT_EQ(-1, ioctl(v->fd, VHOST_BLK_SET_VRING_CPU, &s));
+	EXPECT_EQ(EINVAL, errno);
+	s.index = v->nvqs;
+	s.num = 0;
+	ASSERT_EQ(-1, ioctl(v->fd, VHOST_BLK_SET_VRING_CPU, &s));
+	EXPECT_EQ(ENOBUFS, errno);
+}
+
+#define TRACING	"/sys/kernel/tracing"
+
+static int write_str(const char *path, const char *val)
+{
+	int fd = open(path, O_WRONLY | O_TRUNC | O_CLOEXEC);
+	ssize_t n;
+
+	if (fd < 0)
+		return -1;
+	n = write(fd, val, strlen(val));
+	close(fd);
+	return n == (ssize_t)strlen(val) ? 0 : -1;
+}
+
+/* Lines of the trace buffer of one CPU. */
+static long trace_lines(int cpu)
+{
+	char path[PATH_MAX], line[512];
+	long n = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), TRACING "/per_cpu/cpu%d/trace", cpu);
+	f = fopen(path, "r");
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		n += line[0] != '#';
+	fclose(f);
+	return n;
+}
+
+/* The hardware queue of a block device that serves a CPU, or -1. */
+static int hctx_of_cpu(const char *bdev, int cpu)
+{
+	char path[PATH_MAX], list[256], *tok, *save;
+	int n, a, b;
+	FILE *f;
+
+	for (n = 0; n < 64; n++) {
+		snprintf(path, sizeof(path), "/sys/block/%s/mq/%d/cpu_list",
+			 bdev, n);
+		f = fopen(path, "r");
+		if (!f)
+			return -1;
+		if (!fgets(list, sizeof(list), f))
+			list[0] = 0;
+		fclose(f);
+		for (tok = strtok_r(list, ",\n ", &save); tok;
+		     tok = strtok_r(NULL, ",\n ", &save)) {
+			if (sscanf(tok, "%d-%d", &a, &b) == 2 ?
+			    cpu >= a && cpu <= b : atoi(tok) == cpu)
+				return n;
+		}
+	}
+	return -1;
+}
+
+/*
+ * I/O from a pinned worker is issued from its CPU, so blk-mq puts it on
+ * that CPU's hardware queue: with the vring pinned to each CPU in turn, the
+ * block_rq_issue events of 100 writes are all on that CPU, and each CPU has
+ * a hardware queue of its own.
+ */
+TEST_F(vmm, pinned_io_lands_on_cpu_hctx)
+{
+	struct ctx *c = &self->c;
+	struct vmm *v = &c->v;
+	long ncpus = sysconf(_SC_NPROCESSORS_ONLN);
+	struct vhost_vring_state s = { .index = 0 };
+	char filter[64];
+	struct stat st;
+	const char *bdev;
+	uint64_t data;
+	int cpu, other, i;
+	long n;
+
+	if (!c->be.bdev)
+		SKIP(return, "needs a block device");
+	bdev = strrchr(getenv("VBP_TEST_BDEV"), '/') + 1;
+	if (ncpus < 2 || hctx_of_cpu(bdev, 0) == hctx_of_cpu(bdev, 1))
+		SKIP(return, "%s: no hardware queue per CPU", bdev);
+	if (access(TRACING "/events/block/block_rq_issue/enable", W_OK))
+		SKIP(return, "no tracefs");
+	ASSERT_EQ(0, fstat(c->be.fd, &st));
+	/* The kernel's dev_t: major << 20 | minor. */
+	snprintf(filter, sizeof(filter), "dev == %u",
+		 major(st.st_rdev) << 20 | minor(st.st_rdev));
+	ASSERT_EQ(0, write_str(TRACING "/events/block/block_rq_issue/filter",
+			       filter));
+	data = galloc(v, 1, 4096, 4096);
+	fill_rand(gpa_to_hva(v, data, 4096), 4096, next_seed(c));
+
+	for (cpu = 0; cpu < 2; cpu++) {
+		s.num = cpu;
+		ASSERT_EQ(0, ioctl(v->fd, VHOST_BLK_SET_VRING_CPU, &s));
+		ASSERT_EQ(0, write_str(TRACING "/trace", ""));
+		ASSERT_EQ(0, write_str(TRACING "/events/block/block_rq_issue/enable",
+				       "1"));
+		for (i = 0; i < 100; i++)
+			ASSERT_EQ(VIRTIO_BLK_S_OK,
+				  blk_rw(_metadata, c, VIRTIO_BLK_T_OUT,
+					 600 + 8 * (i % 64), data, 4096, 1,
+					 NULL));
+		write_str(TRACING "/events/block/block_rq_issue/enable", "0");
+		other = 1 - cpu;
+		n = trace_lines(cpu);
+		EXPECT_LE(100, n) TH_LOG("cpu %d issued %ld requests", cpu, n);
+		n = trace_lines(other);
+		EXPECT_EQ(0, n) TH_LOG("cpu %d issued %ld requests", other, n);
+	}
+	write_str(TRACING "/events/block/block_rq_issue/filter", "0");
+	s.num = -1;
+	EXPECT_EQ(0, ioctl(v->fd, VHOST_BLK_SET_VRING_CPU, &s));
 }
 
 TEST_HARNESS_MAIN
