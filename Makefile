@@ -5,7 +5,8 @@
 #   make            build vhost_blk_poll.ko, virtio_blk_poll.ko and the selftests
 #   make deps       install everything needed from Debian's archive (root)
 #   make check      run all tests in virtual machines
-#   make lint       checkpatch, W=1, kernel-doc and shellcheck
+#   make lint       checkpatch, W=1, sparse, kernel-doc and shellcheck
+#   make bench-host the host-side benchmark (build/bench/bench-host.*)
 #
 # KVER=<version> or KDIR=<configured kernel tree> build against another kernel.
 
@@ -35,7 +36,7 @@ SELFTESTS := tools/testing/selftests/vhost_blk
 KSFT := $(MAKE) -C $(SELFTESTS) OUTPUT=$(CURDIR)/$(SELFTESTS) \
 	KHDR_INCLUDES="-isystem $(KSRC)/usr/include"
 
-.PHONY: all modules selftests ksrc deps check lint clean
+.PHONY: all modules selftests ksrc deps check lint clean bench-host
 
 all: modules selftests
 
@@ -57,6 +58,11 @@ check: all
 
 lint: ksrc
 	scripts/lint.sh
+
+# Figures, not tests: one VM, results in build/bench/.
+bench-host: all
+	$(SELFTESTS)/vm-run -c 2 -m 2G -t 2400 -O $(BUILD)/bench -- \
+		$(SELFTESTS)/bench_host.sh
 
 clean:
 	-$(KBUILD) clean

@@ -109,6 +109,8 @@ struct vhost_blk_backend {
 	struct file *file;
 	/* NULL for a regular file. */
 	struct block_device *bdev;
+	/* The block device has poll queues (REQ_POLLED, bio_poll). */
+	bool poll;
 	/* In 512-byte sectors. */
 	u64 capacity;
 	bool read_only;
@@ -122,6 +124,8 @@ struct vhost_blk_stats {
 	u64 kicks;
 	/* Interrupts sent to the guest (call eventfd signals). */
 	u64 signals;
+	/* Requests whose completion the worker polled from the device. */
+	u64 polled;
 	/* Passes of the worker over the ring that found work, and none. */
 	u64 busy_passes;
 	u64 idle_passes;
@@ -144,6 +148,8 @@ struct vhost_blk_vq {
 	bool notify;
 	/* local_clock() when the ring went idle while polled, or 0. */
 	u64 idle_since;
+	/* Requests in flight on polled queues of the backend. */
+	struct list_head polled;
 	struct vhost_blk_stats stats;
 	/* Requests whose I/O has ended, waiting for done_work. */
 	struct llist_head done;
@@ -190,11 +196,17 @@ struct vhost_blk_req {
 	unsigned int in_num;
 	struct vhost_log *log;
 	unsigned int log_num;
+	/* On bvq->polled: submitted with IOCB_HIPRI, reaped by polling. */
+	struct list_head poll_node;
+	bool polled;
 };
 
 static void vhost_blk_req_free(struct vhost_blk_req *req)
 {
 	struct vhost_blk_vq *bvq = req->bvq;
+
+	if (req->polled)
+		list_del(&req->poll_node);
 
 	kfree(req->iov);
 	kfree(req->log);
@@ -310,8 +322,28 @@ static void vhost_blk_reap_work(struct work_struct *work)
 						reap_work);
 	struct vhost_blk_req *req, *tmp;
 
+	mutex_lock(&bvq->vq.mutex);
 	llist_for_each_entry_safe(req, tmp, llist_del_all(&bvq->done), node)
 		vhost_blk_req_free(req);
+	mutex_unlock(&bvq->vq.mutex);
+}
+
+/*
+ * Reap the completions of the requests on polled queues (their I/O does
+ * not interrupt).  Called with the vq mutex held; the completions go to
+ * bvq->done.
+ */
+static void vhost_blk_poll_io(struct vhost_blk_vq *bvq)
+{
+	struct vhost_blk_req *req;
+
+	list_for_each_entry(req, &bvq->polled, poll_node) {
+		if (READ_ONCE(req->iocb.private)) {
+			req->iocb.ki_filp->f_op->iopoll(&req->iocb, NULL, 0);
+			if (!READ_ONCE(req->iocb.private))
+				bvq->stats.polled++;
+		}
+	}
 }
 
 static void vhost_blk_req_done(struct vhost_blk_req *req)
@@ -400,6 +432,12 @@ static int vhost_blk_rw(struct vhost_blk_req *req,
 	if (vhost_blk_dio_ok(be, data, pos)) {
 		req->iocb.ki_flags |= IOCB_DIRECT;
 		req->iocb.ki_complete = vhost_blk_rw_complete;
+		/* A polling ring polls the device too, where it can. */
+		if (be->poll && req->bvq->vq.busyloop_timeout) {
+			req->iocb.ki_flags |= IOCB_HIPRI;
+			req->polled = true;
+			list_add_tail(&req->poll_node, &req->bvq->polled);
+		}
 	}
 	if (write) {
 		req->iocb.ki_flags |= IOCB_WRITE;
@@ -413,7 +451,7 @@ static int vhost_blk_rw(struct vhost_blk_req *req,
 	if (ret == -EINVAL && req->iocb.ki_flags & IOCB_DIRECT) {
 		/* The file system's own alignment rules: go buffered. */
 		*data = saved;
-		req->iocb.ki_flags &= ~IOCB_DIRECT;
+		req->iocb.ki_flags &= ~(IOCB_DIRECT | IOCB_HIPRI);
 		req->iocb.ki_complete = NULL;
 		req->iocb.ki_pos = pos;
 		ret = vhost_blk_rw_submit(req, data, write);
@@ -677,6 +715,7 @@ static void vhost_blk_serve(struct vhost_blk_vq *bvq)
 		blk_finish_plug(&plug);
 		if (taken < 0)
 			break;
+		vhost_blk_poll_io(bvq);
 		done = vhost_blk_complete(bvq);
 		if (taken || done) {
 			bvq->stats.busy_passes++;
@@ -687,7 +726,7 @@ static void vhost_blk_serve(struct vhost_blk_vq *bvq)
 				bvq->idle_since = local_clock();
 		}
 		/* The budget counts across yields: idle polling ends. */
-		if (!taken && !done &&
+		if (!taken && !done && list_empty(&bvq->polled) &&
 		    local_clock() - bvq->idle_since >= budget_ns) {
 			bvq->idle_since = 0;
 			/* Sleep until kicked, unless more snuck in. */
@@ -734,6 +773,15 @@ static void vhost_blk_poll_work(struct vhost_work *work)
  */
 static void vhost_blk_drain_vq(struct vhost_blk_vq *bvq)
 {
+	/* Requests on polled queues complete only when polled. */
+	while (!list_empty_careful(&bvq->polled)) {
+		mutex_lock(&bvq->vq.mutex);
+		vhost_blk_poll_io(bvq);
+		mutex_unlock(&bvq->vq.mutex);
+		if (wait_event_timeout(bvq->blk->inflight_wq,
+				       !atomic_read(&bvq->inflight), 1))
+			break;
+	}
 	wait_event(bvq->blk->inflight_wq, !atomic_read(&bvq->inflight));
 	/* The answers are written by work that may still be running. */
 	vhost_dev_flush(&bvq->blk->dev);
@@ -798,6 +846,9 @@ static struct vhost_blk_backend *vhost_blk_backend_get(int fd)
 	if (S_ISBLK(inode->i_mode)) {
 		be->bdev = I_BDEV(file->f_mapping->host);
 		be->capacity = bdev_nr_sectors(be->bdev);
+		be->poll = file->f_op->iopoll &&
+			   bdev_get_queue(be->bdev)->limits.features &
+			   BLK_FEAT_POLL;
 	} else {
 		be->capacity = i_size_read(inode) >> VHOST_BLK_SECTOR_SHIFT;
 	}
@@ -955,18 +1006,18 @@ static int vhost_blk_stats_show(struct seq_file *m, void *data)
 	struct vhost_blk *blk = m->private;
 	unsigned int i;
 
-	seq_puts(m, "vq requests kicks signals busy_passes idle_passes batches inflight poll_us cpu\n");
+	seq_puts(m, "vq requests kicks signals busy_passes idle_passes batches inflight poll_us cpu polled\n");
 	for (i = 0; i < blk->nvqs; i++) {
 		struct vhost_blk_vq *bvq = &blk->vqs[i];
 		struct vhost_blk_stats *st = &bvq->stats;
 
-		seq_printf(m, "%u %llu %llu %llu %llu %llu %llu %d %u %d\n", i,
+		seq_printf(m, "%u %llu %llu %llu %llu %llu %llu %d %u %d %llu\n", i,
 			   READ_ONCE(st->requests), READ_ONCE(st->kicks),
 			   READ_ONCE(st->signals), READ_ONCE(st->busy_passes),
 			   READ_ONCE(st->idle_passes), READ_ONCE(st->batches),
 			   atomic_read(&bvq->inflight),
 			   READ_ONCE(bvq->vq.busyloop_timeout),
-			   READ_ONCE(bvq->cpu));
+			   READ_ONCE(bvq->cpu), READ_ONCE(st->polled));
 	}
 	return 0;
 }
@@ -1027,6 +1078,7 @@ static int vhost_blk_open(struct inode *inode, struct file *f)
 		vhost_work_init(&bvq->poll_work, vhost_blk_poll_work);
 		vhost_work_init(&bvq->pin_work, vhost_blk_pin_work);
 		init_llist_head(&bvq->done);
+		INIT_LIST_HEAD(&bvq->polled);
 		atomic_set(&bvq->inflight, 0);
 		vhost_work_init(&bvq->done_work, vhost_blk_done_work);
 		INIT_WORK(&bvq->reap_work, vhost_blk_reap_work);

@@ -48,8 +48,9 @@ run() {
 
 run "file on tmpfs" file VBP_TEST_DIR="$tmp"
 
+# Two submission queues and two poll queues: per-CPU hctxs, polled I/O.
 modprobe null_blk nr_devices=1 memory_backed=1 gb=1 queue_mode=2 \
-	submit_queues=2 || exit "$KSFT_FAIL"
+	submit_queues=2 poll_queues=2 || exit "$KSFT_FAIL"
 vbp_wait_for /dev/nullb0 || exit "$KSFT_FAIL"
 run "null_blk" bdev VBP_TEST_DIR="$tmp" VBP_TEST_BDEV=/dev/nullb0
 

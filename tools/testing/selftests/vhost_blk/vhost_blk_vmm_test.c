@@ -21,6 +21,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sched.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -2797,6 +2798,7 @@ struct vq_stats {
 	int inflight;
 	unsigned int poll_us;
 	int cpu;
+	unsigned long long polled;
 };
 
 /* The statistics of vring q of this process's newest device. */
@@ -2828,10 +2830,11 @@ static int read_stats(unsigned int q, struct vq_stats *st)
 	if (!f)
 		return -1;
 	while (fgets(line, sizeof(line), f)) {
-		if (sscanf(line, "%u %llu %llu %llu %llu %llu %llu %d %u %d",
+		if (sscanf(line, "%u %llu %llu %llu %llu %llu %llu %d %u %d %llu",
 			   &i, &st->requests, &st->kicks, &st->signals,
 			   &st->busy, &st->idle, &st->batches, &st->inflight,
-			   &st->poll_us, &st->cpu) == 10 && i == q) {
+			   &st->poll_us, &st->cpu, &st->polled) == 11 &&
+		    i == q) {
 			ret = 0;
 			break;
 		}
@@ -2934,6 +2937,160 @@ TEST_F(vmm, polling_serves_without_kicks)
 	if (!v->event_idx)
 		EXPECT_FALSE(le16toh(vq->used->flags) & VRING_USED_F_NO_NOTIFY);
 	check_alive(_metadata, c);
+}
+
+/* CPU time (user + system, in clock ticks) of the vhost worker threads. */
+static long long vhost_threads_ticks(void)
+{
+	char path[PATH_MAX], buf[1024], want[32], *p;
+	unsigned long long ut, st;
+	long long sum = 0;
+	struct dirent *d;
+	DIR *dir;
+	FILE *f;
+
+	snprintf(want, sizeof(want), "(vhost-%d)", getpid());
+	dir = opendir("/proc/self/task");
+	if (!dir)
+		return -1;
+	while ((d = readdir(dir))) {
+		if (d->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "/proc/self/task/%s/stat",
+			 d->d_name);
+		f = fopen(path, "r");
+		if (!f)
+			continue;
+		if (fgets(buf, sizeof(buf), f) && strstr(buf, want)) {
+			/* Fields 14 and 15, counted after the comm. */
+			p = strrchr(buf, ')');
+			if (p && sscanf(p + 2,
+					"%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
+					&ut, &st) == 2)
+				sum += ut + st;
+		}
+		fclose(f);
+	}
+	closedir(dir);
+	return sum;
+}
+
+/*
+ * Under load, a polled ring whose guest asks for no interrupts takes no
+ * kick and sends no signal: 256 requests made available in bursts are all
+ * served.  Once idle, the worker stops using CPU time within its budget.
+ */
+TEST_F(vmm, polled_load_no_notifications)
+{
+	struct ctx *c = &self->c;
+	struct vmm *v = &c->v;
+	struct vq *vq = &v->vq[0];
+	struct vq_stats st0, st1;
+	long long t0, t1;
+	uint64_t data;
+	unsigned int i, j;
+	struct used u;
+
+	data = galloc(v, 1, 4096, 4096);
+	fill_rand(gpa_to_hva(v, data, 4096), 4096, next_seed(c));
+	ASSERT_EQ(0, set_poll_us(v, 0, 200000));
+	/* No interrupts: the flag, or a used_event the ring never passes. */
+	if (v->event_idx)
+		__atomic_store_n(vq->used_event, htole16(vq->last_used - 1),
+				 __ATOMIC_RELEASE);
+	else
+		vq->avail->flags = htole16(VRING_AVAIL_F_NO_INTERRUPT);
+	ASSERT_LE(0, add_write(c, 0, 700, data));
+	ASSERT_TRUE(vq_kick(v, 0));
+	ASSERT_TRUE(vq_spin(vq, WAIT_MS));
+	ASSERT_EQ(1, vq_get_used(v, 0, &u));
+	ASSERT_EQ(0, read_stats(0, &st0));
+
+	/* The same write 256 times: header and status are shared. */
+	set_hdr(v, c->hdr, VIRTIO_BLK_T_OUT, 700);
+	for (i = 0; i < 16; i++) {
+		for (j = 0; j < 16; j++) {
+			struct seg sg[3] = {
+				{ c->hdr, HDR_SIZE, false },
+				{ data, 4096, false },
+				{ c->st, 1, true },
+			};
+
+			ASSERT_LE(0, vq_add(v, 0, sg, 3, v->indirect, j));
+		}
+		vq_publish(vq);
+		for (j = 0; j < 16; j++) {
+			ASSERT_TRUE(vq_spin(vq, WAIT_MS))
+				TH_LOG("burst %u: %u of 16 served", i, j);
+			ASSERT_EQ(1, vq_get_used(v, 0, &u));
+		}
+	}
+	ASSERT_EQ(0, read_stats(0, &st1));
+	EXPECT_EQ(256, st1.requests - st0.requests);
+	EXPECT_EQ(0, st1.kicks - st0.kicks);
+	EXPECT_EQ(0, st1.signals - st0.signals);
+
+	/* 200 ms of budget, then sleep: no CPU time from then on. */
+	usleep(700000);
+	t0 = vhost_threads_ticks();
+	usleep(1000000);
+	t1 = vhost_threads_ticks();
+	ASSERT_LE(0, t0);
+	EXPECT_GE(1, t1 - t0) TH_LOG("idle workers used %lld ticks", t1 - t0);
+	if (!v->event_idx)
+		EXPECT_FALSE(le16toh(vq->used->flags) & VRING_USED_F_NO_NOTIFY);
+}
+
+/*
+ * On a block device with poll queues, a polling ring submits with
+ * IOCB_HIPRI and reaps the completions by polling the device (counted as
+ * "polled"); on other devices nothing is polled.  In notification mode
+ * nothing is polled either.  Data is verified both ways.
+ */
+TEST_F(vmm, polled_completions)
+{
+	struct ctx *c = &self->c;
+	struct vmm *v = &c->v;
+	struct vq_stats st0, st1;
+	char path[PATH_MAX];
+	uint8_t expect[4096];
+	unsigned long long n;
+	const char *bdev;
+	uint64_t data;
+	int io_poll = 0, i, mode;
+	FILE *f;
+
+	if (!c->be.bdev)
+		SKIP(return, "needs a block device");
+	bdev = strrchr(getenv("VBP_TEST_BDEV"), '/') + 1;
+	snprintf(path, sizeof(path), "/sys/block/%s/queue/io_poll", bdev);
+	f = fopen(path, "r");
+	if (f) {
+		if (fscanf(f, "%d", &io_poll) != 1)
+			io_poll = 0;
+		fclose(f);
+	}
+	data = galloc(v, 1, 4096, 4096);
+	for (mode = 0; mode < 2; mode++) {
+		ASSERT_EQ(0, set_poll_us(v, 0, mode ? 100000 : 0));
+		ASSERT_EQ(0, read_stats(0, &st0));
+		for (i = 0; i < 50; i++) {
+			fill_rand(expect, sizeof(expect), next_seed(c));
+			memcpy(gpa_to_hva(v, data, 4096), expect, 4096);
+			ASSERT_EQ(VIRTIO_BLK_S_OK,
+				  blk_rw(_metadata, c, VIRTIO_BLK_T_OUT,
+					 800 + 8 * (i % 16), data, 4096, 1,
+					 NULL));
+			check_dev(_metadata, c, 800 + 8 * (i % 16), expect,
+				  4096);
+		}
+		ASSERT_EQ(0, read_stats(0, &st1));
+		n = st1.polled - st0.polled;
+		TH_LOG("%s, %s: %llu of 100 completions polled", bdev,
+		       mode ? "polling ring" : "notification mode", n);
+		/* Writes and reads: 100 completions, all polled or none. */
+		EXPECT_TRUE(mode && io_poll ? n >= 100 : n == 0);
+	}
 }
 
 /* With no poll budget, a request that is not kicked is not served. */
@@ -3199,6 +3356,251 @@ TEST_F(vmm, pinned_io_lands_on_cpu_hctx)
 	write_str(TRACING "/events/block/block_rq_issue/filter", "0");
 	s.num = -1;
 	EXPECT_EQ(0, ioctl(v->fd, VHOST_BLK_SET_VRING_CPU, &s));
+}
+
+/* ------------------------------------------------------------------ */
+/* The host-side benchmark (make bench-host): measures, asserts nothing */
+/* ------------------------------------------------------------------ */
+
+#define BENCH_MAX_LAT	(1024 * 1024)	/* latencies kept per queue */
+
+struct bench_q {
+	struct vmm *v;
+	unsigned int q;
+	unsigned int qd;
+	bool write;
+	bool poll;		/* the guest polls and wants no interrupts */
+	int64_t end_us;
+	uint64_t hdrs, sts, data;
+	uint64_t nblocks;	/* 4 KiB blocks of the device */
+	uint64_t seed;
+	int64_t start_ns[QSIZE];
+	/* Results. */
+	uint64_t done;
+	uint64_t kicks;
+	uint64_t calls;
+	uint64_t *lat;		/* ns */
+	size_t nlat;
+	int err;
+};
+
+static int64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static void bench_submit(struct bench_q *b, unsigned int slot)
+{
+	struct vmm *v = b->v;
+	uint64_t sector;
+	struct seg sg[3] = {
+		{ b->hdrs + HDR_SIZE * slot, HDR_SIZE, false },
+		{ b->data + 4096ULL * slot, 4096, !b->write },
+		{ b->sts + slot, 1, true },
+	};
+
+	b->seed = mix64(b->seed);
+	sector = (b->seed % b->nblocks) * 8;
+	set_hdr(v, sg[0].gpa, b->write ? VIRTIO_BLK_T_OUT : VIRTIO_BLK_T_IN,
+		sector);
+	b->start_ns[slot] = now_ns();
+	if (vq_add(v, b->q, sg, 3, false, slot) < 0)
+		b->err = ENOSPC;
+}
+
+static void *bench_queue(void *arg)
+{
+	struct bench_q *b = arg;
+	struct vmm *v = b->v;
+	struct vq *vq = &v->vq[b->q];
+	struct pollfd pfd = { .fd = vq->call, .events = POLLIN };
+	unsigned int i, got;
+	uint64_t cnt;
+	struct used u;
+
+	for (i = 0; i < b->qd; i++)
+		bench_submit(b, i);
+	b->kicks += vq_kick(v, b->q);
+	while (!b->err && now_us() < b->end_us) {
+		got = 0;
+		while (vq_get_used(v, b->q, &u) == 1) {
+			if (*gptr(v, b->sts + u.tag) != VIRTIO_BLK_S_OK)
+				b->err = EIO;
+			if (b->nlat < BENCH_MAX_LAT)
+				b->lat[b->nlat++] = now_ns() -
+						    b->start_ns[u.tag];
+			b->done++;
+			bench_submit(b, u.tag);
+			got++;
+		}
+		if (got) {
+			b->kicks += vq_kick(v, b->q);
+			continue;
+		}
+		if (b->poll)
+			continue;
+		/* Ask for an interrupt and sleep on it. */
+		__atomic_thread_fence(__ATOMIC_SEQ_CST);
+		if (vq_has_used(vq))
+			continue;
+		if (poll(&pfd, 1, 10) == 1 &&
+		    read(vq->call, &cnt, sizeof(cnt)) == sizeof(cnt))
+			b->calls += cnt;
+	}
+	/* Interrupts the device sent that nobody waited for. */
+	if (read(vq->call, &cnt, sizeof(cnt)) == sizeof(cnt))
+		b->calls += cnt;
+	return NULL;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+static unsigned int bench_env(const char *name, unsigned int def)
+{
+	const char *s = getenv(name);
+
+	return s && *s ? strtoul(s, NULL, 0) : def;
+}
+
+FIXTURE(bench) {
+	struct ctx c;
+};
+
+FIXTURE_SETUP(bench)
+{
+	self->c.v.fd = -1;
+	self->c.be.fd = -1;
+	self->c.be.rofd = -1;
+	self->c.be.chk = -1;
+}
+
+FIXTURE_TEARDOWN(bench)
+{
+	vmm_close(&self->c.v);
+	be_close(&self->c.be);
+}
+
+/*
+ * One benchmark run, set by the environment (tools/testing/selftests/
+ * vhost_blk/bench_host.sh): VBP_BENCH_MODE poll (the guest polls and asks
+ * for no interrupts, the vrings poll for VBP_BENCH_POLL_US) or notify
+ * (kicks, interrupts, no polling); VBP_BENCH_RW randread or randwrite;
+ * VBP_BENCH_QD, VBP_BENCH_QUEUES, VBP_BENCH_SECONDS.  It appends a JSON
+ * object to VBP_BENCH_OUT.
+ */
+TEST_F_TIMEOUT(bench, run, 600)
+{
+	struct ctx *c = &self->c;
+	struct vmm *v = &c->v;
+	const char *out = getenv("VBP_BENCH_OUT");
+	const char *mode = getenv("VBP_BENCH_MODE");
+	const char *rw = getenv("VBP_BENCH_RW");
+	unsigned int qd = bench_env("VBP_BENCH_QD", 1);
+	unsigned int nq = bench_env("VBP_BENCH_QUEUES", 1);
+	unsigned int secs = bench_env("VBP_BENCH_SECONDS", 5);
+	unsigned int poll_us = bench_env("VBP_BENCH_POLL_US", 100);
+	struct bench_q b[MAX_QUEUES] = { 0 };
+	struct vq_stats st0[MAX_QUEUES], st1[MAX_QUEUES];
+	unsigned long long mk = 0, ms = 0;
+	uint64_t done = 0, kicks = 0, calls = 0, sum = 0, *all;
+	pthread_t th[MAX_QUEUES];
+	size_t nlat = 0, k;
+	bool poll_mode;
+	int64_t t0, t1;
+	unsigned int q;
+	FILE *f;
+
+	if (!out || !mode || !rw || !getenv("VBP_TEST_BDEV"))
+		SKIP(return, "a benchmark: run by make bench-host");
+	poll_mode = !strcmp(mode, "poll");
+	be_open(_metadata, &c->be, true);
+	vmm_init(_metadata, v, false, false);
+	ASSERT_LE(nq, v->nq);
+	ASSERT_GE(QSIZE / 3, qd);
+	v->nq = nq;
+	vmm_start(_metadata, v, c->be.fd);
+
+	for (q = 0; q < nq; q++) {
+		struct vhost_worker_state w = { 0 };
+		struct vhost_vring_worker vw = { .index = q };
+		struct vhost_vring_state cpu = { .index = q };
+
+		/* A worker per vring, pinned to a CPU of its own. */
+		ASSERT_EQ(0, ioctl(v->fd, VHOST_NEW_WORKER, &w));
+		vw.worker_id = w.worker_id;
+		ASSERT_EQ(0, ioctl(v->fd, VHOST_ATTACH_VRING_WORKER, &vw));
+		cpu.num = (q + 1) % sysconf(_SC_NPROCESSORS_ONLN);
+		ASSERT_EQ(0, ioctl(v->fd, VHOST_BLK_SET_VRING_CPU, &cpu));
+		ASSERT_EQ(0, set_poll_us(v, q, poll_mode ? poll_us : 0));
+		if (poll_mode)
+			v->vq[q].avail->flags =
+				htole16(VRING_AVAIL_F_NO_INTERRUPT);
+
+		b[q].v = v;
+		b[q].q = q;
+		b[q].qd = qd;
+		b[q].write = !strcmp(rw, "randwrite");
+		b[q].poll = poll_mode;
+		b[q].nblocks = c->be.size / 4096;
+		b[q].seed = mix64(q + 1);
+		b[q].hdrs = galloc(v, 0, HDR_SIZE * qd, 64);
+		b[q].sts = galloc(v, 0, qd, 64);
+		b[q].data = galloc(v, q & 1, 4096ULL * qd, 4096);
+		b[q].lat = calloc(BENCH_MAX_LAT, sizeof(uint64_t));
+		ASSERT_NE(NULL, b[q].lat);
+		ASSERT_EQ(0, read_stats(q, &st0[q]));
+	}
+
+	t0 = now_us();
+	for (q = 0; q < nq; q++) {
+		b[q].end_us = t0 + secs * 1000000LL;
+		ASSERT_EQ(0, pthread_create(&th[q], NULL, bench_queue, &b[q]));
+	}
+	for (q = 0; q < nq; q++)
+		pthread_join(th[q], NULL);
+	t1 = now_us();
+
+	all = malloc(nq * BENCH_MAX_LAT * sizeof(uint64_t));
+	ASSERT_NE(NULL, all);
+	for (q = 0; q < nq; q++) {
+		ASSERT_EQ(0, b[q].err) TH_LOG("queue %u: %s", q,
+					      strerror(b[q].err));
+		ASSERT_EQ(0, read_stats(q, &st1[q]));
+		done += b[q].done;
+		kicks += b[q].kicks;
+		calls += b[q].calls;
+		mk += st1[q].kicks - st0[q].kicks;
+		ms += st1[q].signals - st0[q].signals;
+		memcpy(all + nlat, b[q].lat, b[q].nlat * sizeof(uint64_t));
+		nlat += b[q].nlat;
+		free(b[q].lat);
+	}
+	ASSERT_LT(0, nlat);
+	qsort(all, nlat, sizeof(*all), cmp_u64);
+	for (k = 0; k < nlat; k++)
+		sum += all[k];
+
+	f = fopen(out, "a");
+	ASSERT_NE(NULL, f);
+	fprintf(f, "{\"mode\": \"%s\", \"rw\": \"%s\", ", mode, rw);
+	fprintf(f, "\"qd\": %u, \"queues\": %u, ", qd, nq);
+	fprintf(f, "\"iops\": %.0f, ", done * 1e6 / (t1 - t0));
+	fprintf(f, "\"lat_mean_us\": %.2f, ", sum / 1e3 / nlat);
+	fprintf(f, "\"lat_p99_us\": %.2f, ", all[nlat * 99 / 100] / 1e3);
+	fprintf(f, "\"kicks_per_req\": %.4f, ", (double)kicks / done);
+	fprintf(f, "\"signals_per_req\": %.4f, ", (double)calls / done);
+	fprintf(f, "\"module_kicks_per_req\": %.4f, ", (double)mk / done);
+	fprintf(f, "\"module_signals_per_req\": %.4f}\n", (double)ms / done);
+	fclose(f);
+	free(all);
 }
 
 TEST_HARNESS_MAIN
