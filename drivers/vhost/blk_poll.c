@@ -55,8 +55,6 @@
 #define VHOST_BLK_WEIGHT	0x80000
 #define VHOST_BLK_PKT_WEIGHT	256
 
-#define VHOST_BLK_SECTOR_SHIFT	9
-
 enum {
 	VHOST_BLK_FEATURES = VHOST_FEATURES |
 			     (1ULL << VIRTIO_BLK_F_SEG_MAX) |
@@ -372,11 +370,10 @@ static void vhost_blk_rw_complete(struct kiocb *iocb, long ret)
 	vhost_blk_req_done(req);
 }
 
+/* Whether nr sectors from sector lie inside the backend. */
 static bool vhost_blk_range_ok(struct vhost_blk_backend *be, u64 sector,
-			       u64 bytes)
+			       u64 nr)
 {
-	u64 nr = bytes >> VHOST_BLK_SECTOR_SHIFT;
-
 	return sector <= be->capacity && nr <= be->capacity - sector;
 }
 
@@ -389,7 +386,7 @@ static bool vhost_blk_dio_ok(struct vhost_blk_backend *be,
 	if (be->bdev)
 		return !(pos & (bdev_logical_block_size(be->bdev) - 1)) &&
 		       bdev_iter_is_aligned(be->bdev, data);
-	return !(iov_iter_alignment(data) & ((1 << VHOST_BLK_SECTOR_SHIFT) - 1));
+	return !(iov_iter_alignment(data) & (SECTOR_SIZE - 1));
 }
 
 static ssize_t vhost_blk_rw_submit(struct vhost_blk_req *req,
@@ -411,13 +408,13 @@ static int vhost_blk_rw(struct vhost_blk_req *req,
 			struct vhost_blk_backend *be, struct iov_iter *data,
 			u64 sector, bool write)
 {
-	loff_t pos = sector << VHOST_BLK_SECTOR_SHIFT;
+	loff_t pos = sector << SECTOR_SHIFT;
 	size_t len = iov_iter_count(data);
 	struct iov_iter saved;
 	ssize_t ret;
 
-	if (len & ((1 << VHOST_BLK_SECTOR_SHIFT) - 1) ||
-	    !vhost_blk_range_ok(be, sector, len))
+	if (len & (SECTOR_SIZE - 1) ||
+	    !vhost_blk_range_ok(be, sector, len >> SECTOR_SHIFT))
 		return VIRTIO_BLK_S_IOERR;
 	if (write && be->read_only)
 		return VIRTIO_BLK_S_IOERR;
@@ -469,6 +466,7 @@ static int vhost_blk_discard(struct vhost_blk_backend *be,
 	struct virtio_blk_discard_write_zeroes seg;
 	bool unmap, zero = type == VIRTIO_BLK_T_WRITE_ZEROES;
 	u64 sector, nr;
+	loff_t pos, len;
 	u32 flags;
 	int mode, ret;
 
@@ -483,7 +481,7 @@ static int vhost_blk_discard(struct vhost_blk_backend *be,
 	if (flags & ~VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP || (unmap && !zero))
 		return VIRTIO_BLK_S_UNSUPP;
 	if (be->read_only || nr > VHOST_BLK_MAX_DISCARD_SECTORS ||
-	    !vhost_blk_range_ok(be, sector, nr << VHOST_BLK_SECTOR_SHIFT))
+	    !vhost_blk_range_ok(be, sector, nr))
 		return VIRTIO_BLK_S_IOERR;
 	if (!nr)
 		return VIRTIO_BLK_S_OK;
@@ -500,16 +498,16 @@ static int vhost_blk_discard(struct vhost_blk_backend *be,
 		return ret ? VIRTIO_BLK_S_IOERR : VIRTIO_BLK_S_OK;
 	}
 
+	pos = sector << SECTOR_SHIFT;
+	len = nr << SECTOR_SHIFT;
 	mode = FALLOC_FL_KEEP_SIZE;
 	mode |= zero && !unmap ? FALLOC_FL_ZERO_RANGE : FALLOC_FL_PUNCH_HOLE;
-	ret = vfs_fallocate(be->file, mode, sector << VHOST_BLK_SECTOR_SHIFT,
-			    nr << VHOST_BLK_SECTOR_SHIFT);
+	ret = vfs_fallocate(be->file, mode, pos, len);
 	/* Without ZERO_RANGE (tmpfs), a punched hole reads back as zeroes. */
 	if (ret == -EOPNOTSUPP && mode & FALLOC_FL_ZERO_RANGE)
 		ret = vfs_fallocate(be->file,
 				    FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE,
-				    sector << VHOST_BLK_SECTOR_SHIFT,
-				    nr << VHOST_BLK_SECTOR_SHIFT);
+				    pos, len);
 	if (ret == -EOPNOTSUPP && !zero)
 		return VIRTIO_BLK_S_UNSUPP;
 	return ret ? VIRTIO_BLK_S_IOERR : VIRTIO_BLK_S_OK;
@@ -634,10 +632,9 @@ err_nomem:
 }
 
 /*
- * Take the requests the guest has made available.  Returns how many were
- * taken, or -EAGAIN when the ring is empty and notifications are enabled
- * again, or -EIO when the ring stopped.  *weight counts towards the ring's
- * share of the worker.
+ * Take the requests the guest has made available, until the ring is empty
+ * or the ring's share of the worker is used up (*weight set).  Returns how
+ * many were taken, or -EIO when the ring stopped.
  */
 static int vhost_blk_take(struct vhost_blk_vq *bvq,
 			  struct vhost_blk_backend *be, struct vhost_log *log,
@@ -691,7 +688,7 @@ static void vhost_blk_serve(struct vhost_blk_vq *bvq)
 	struct vhost_blk_backend *be;
 	struct vhost_log *log = NULL;
 	struct blk_plug plug;
-	u64 budget_ns;
+	u64 budget_ns, now = 0;
 	bool weight = false;
 	int taken, done;
 
@@ -722,12 +719,13 @@ static void vhost_blk_serve(struct vhost_blk_vq *bvq)
 			bvq->idle_since = 0;
 		} else {
 			bvq->stats.idle_passes++;
+			now = local_clock();
 			if (!bvq->idle_since)
-				bvq->idle_since = local_clock();
+				bvq->idle_since = now;
 		}
 		/* The budget counts across yields: idle polling ends. */
 		if (!taken && !done && list_empty(&bvq->polled) &&
-		    local_clock() - bvq->idle_since >= budget_ns) {
+		    now - bvq->idle_since >= budget_ns) {
 			bvq->idle_since = 0;
 			/* Sleep until kicked, unless more snuck in. */
 			if (unlikely(vhost_enable_notify(dev, vq))) {
@@ -788,6 +786,15 @@ static void vhost_blk_drain_vq(struct vhost_blk_vq *bvq)
 	flush_work(&bvq->reap_work);
 }
 
+/* Take the backend from a ring: it takes no new request. */
+static void vhost_blk_detach_vq(struct vhost_blk_vq *bvq)
+{
+	mutex_lock(&bvq->vq.mutex);
+	vhost_vq_set_backend(&bvq->vq, NULL);
+	bvq->broken = false;
+	mutex_unlock(&bvq->vq.mutex);
+}
+
 /*
  * Take the backend from every virtqueue and wait for its requests; returns
  * the backend, for the caller to release.  Called with dev.mutex held.
@@ -795,16 +802,11 @@ static void vhost_blk_drain_vq(struct vhost_blk_vq *bvq)
 static struct vhost_blk_backend *vhost_blk_stop(struct vhost_blk *blk)
 {
 	struct vhost_blk_backend *be = blk->backend;
-	struct vhost_virtqueue *vq;
 	unsigned int i;
 
-	for (i = 0; i < blk->nvqs; i++) {
-		vq = &blk->vqs[i].vq;
-		mutex_lock(&vq->mutex);
-		vhost_vq_set_backend(vq, NULL);
-		blk->vqs[i].broken = false;
-		mutex_unlock(&vq->mutex);
-	}
+	/* All rings first, so that none takes requests while others drain. */
+	for (i = 0; i < blk->nvqs; i++)
+		vhost_blk_detach_vq(&blk->vqs[i]);
 	for (i = 0; i < blk->nvqs; i++)
 		vhost_blk_drain_vq(&blk->vqs[i]);
 	blk->backend = NULL;
@@ -850,7 +852,7 @@ static struct vhost_blk_backend *vhost_blk_backend_get(int fd)
 			   bdev_get_queue(be->bdev)->limits.features &
 			   BLK_FEAT_POLL;
 	} else {
-		be->capacity = i_size_read(inode) >> VHOST_BLK_SECTOR_SHIFT;
+		be->capacity = i_size_read(inode) >> SECTOR_SHIFT;
 	}
 	return be;
 
@@ -939,9 +941,7 @@ static long vhost_blk_get_vring_base(struct vhost_blk *blk, void __user *argp)
 		goto out_unlock;
 	}
 	bvq = &blk->vqs[array_index_nospec(s.index, blk->nvqs)];
-	mutex_lock(&bvq->vq.mutex);
-	vhost_vq_set_backend(&bvq->vq, NULL);
-	mutex_unlock(&bvq->vq.mutex);
+	vhost_blk_detach_vq(bvq);
 	vhost_blk_drain_vq(bvq);
 	ret = vhost_vring_ioctl(&blk->dev, VHOST_GET_VRING_BASE, argp);
 out_unlock:
