@@ -2498,8 +2498,13 @@ TEST_F_TIMEOUT(vmm, close_in_flight, 60)
 /* Workers, migration, faults, lifecycle                                */
 /* ------------------------------------------------------------------ */
 
-/* Threads of this process named like vhost workers ("vhost-<pid>"). */
-static unsigned int count_vhost_threads(void)
+#define MAX_THREADS	64
+
+/*
+ * The thread ids of this process's vhost workers (named "vhost-<pid>"), at
+ * most max of them; -1 when /proc cannot be read.
+ */
+static int vhost_threads(pid_t *tids, unsigned int max)
 {
 	char path[PATH_MAX], comm[32], want[32];
 	unsigned int n = 0;
@@ -2510,8 +2515,8 @@ static unsigned int count_vhost_threads(void)
 	snprintf(want, sizeof(want), "vhost-%d\n", getpid());
 	dir = opendir("/proc/self/task");
 	if (!dir)
-		return 0;
-	while ((d = readdir(dir))) {
+		return -1;
+	while ((d = readdir(dir)) && n < max) {
 		if (d->d_name[0] == '.')
 			continue;
 		snprintf(path, sizeof(path), "/proc/self/task/%s/comm",
@@ -2520,7 +2525,7 @@ static unsigned int count_vhost_threads(void)
 		if (!f)
 			continue;
 		if (fgets(comm, sizeof(comm), f) && !strcmp(comm, want))
-			n++;
+			tids[n++] = atoi(d->d_name);
 		fclose(f);
 	}
 	closedir(dir);
@@ -2544,6 +2549,7 @@ TEST_F(vmm, per_queue_workers)
 	uint64_t hdrs, sts, data;
 	struct used u;
 	struct seg sg[3];
+	pid_t tids[MAX_THREADS];
 	uint8_t *buf;
 
 	if (v->nq < 2)
@@ -2568,7 +2574,7 @@ TEST_F(vmm, per_queue_workers)
 		EXPECT_EQ(ids[q], vw.worker_id);
 	}
 	/* The default worker and one per queue, as threads of the owner. */
-	EXPECT_LE(v->nq + 1, count_vhost_threads());
+	EXPECT_LE((int)v->nq + 1, vhost_threads(tids, MAX_THREADS));
 
 	hdrs = galloc(v, 0, HDR_SIZE * N * v->nq, 64);
 	sts = galloc(v, 0, N * v->nq, 64);
@@ -2945,36 +2951,30 @@ TEST_F(vmm, polling_serves_without_kicks)
 /* CPU time (user + system, in clock ticks) of the vhost worker threads. */
 static long long vhost_threads_ticks(void)
 {
-	char path[PATH_MAX], buf[1024], want[32], *p;
+	char path[PATH_MAX], buf[1024], *p;
 	unsigned long long ut, st;
+	pid_t tids[MAX_THREADS];
 	long long sum = 0;
-	struct dirent *d;
-	DIR *dir;
+	int i, n;
 	FILE *f;
 
-	snprintf(want, sizeof(want), "(vhost-%d)", getpid());
-	dir = opendir("/proc/self/task");
-	if (!dir)
+	n = vhost_threads(tids, MAX_THREADS);
+	if (n < 0)
 		return -1;
-	while ((d = readdir(dir))) {
-		if (d->d_name[0] == '.')
-			continue;
-		snprintf(path, sizeof(path), "/proc/self/task/%s/stat",
-			 d->d_name);
+	for (i = 0; i < n; i++) {
+		snprintf(path, sizeof(path), "/proc/self/task/%d/stat",
+			 tids[i]);
 		f = fopen(path, "r");
 		if (!f)
 			continue;
-		if (fgets(buf, sizeof(buf), f) && strstr(buf, want)) {
-			/* Fields 14 and 15, counted after the comm. */
-			p = strrchr(buf, ')');
-			if (p && sscanf(p + 2,
-					"%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
-					&ut, &st) == 2)
-				sum += ut + st;
-		}
+		p = fgets(buf, sizeof(buf), f) ? strrchr(buf, ')') : NULL;
 		fclose(f);
+		/* Fields 14 and 15, counted after the comm. */
+		if (p && sscanf(p + 2,
+				"%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
+				&ut, &st) == 2)
+			sum += ut + st;
 	}
-	closedir(dir);
 	return sum;
 }
 
@@ -3171,33 +3171,16 @@ static unsigned long thread_cpus(pid_t tid)
 	return mask;
 }
 
-/* The vhost worker threads of this process and their CPU masks. */
+/* The CPU masks of this process's vhost worker threads. */
 static unsigned int vhost_thread_cpus(unsigned long *masks, unsigned int max)
 {
-	char path[PATH_MAX], comm[32], want[32];
-	unsigned int n = 0;
-	struct dirent *d;
-	DIR *dir;
-	FILE *f;
+	pid_t tids[MAX_THREADS];
+	int i, n;
 
-	snprintf(want, sizeof(want), "vhost-%d\n", getpid());
-	dir = opendir("/proc/self/task");
-	if (!dir)
-		return 0;
-	while ((d = readdir(dir)) && n < max) {
-		if (d->d_name[0] == '.')
-			continue;
-		snprintf(path, sizeof(path), "/proc/self/task/%s/comm",
-			 d->d_name);
-		f = fopen(path, "r");
-		if (!f)
-			continue;
-		if (fgets(comm, sizeof(comm), f) && !strcmp(comm, want))
-			masks[n++] = thread_cpus(atoi(d->d_name));
-		fclose(f);
-	}
-	closedir(dir);
-	return n;
+	n = vhost_threads(tids, max < MAX_THREADS ? max : MAX_THREADS);
+	for (i = 0; i < n; i++)
+		masks[i] = thread_cpus(tids[i]);
+	return n < 0 ? 0 : n;
 }
 
 /*
