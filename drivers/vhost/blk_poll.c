@@ -142,8 +142,6 @@ struct vhost_blk_vq {
 	int pin_ret;
 	/* The CPU the worker is pinned to, -1 for none; under dev.mutex. */
 	int cpu;
-	/* Notifications are enabled: the next wake-up is a guest kick. */
-	bool notify;
 	/* local_clock() when the ring went idle while polled, or 0. */
 	u64 idle_since;
 	/* Requests in flight on polled queues of the backend. */
@@ -705,7 +703,6 @@ static void vhost_blk_serve(struct vhost_blk_vq *bvq)
 	budget_ns = (u64)vq->busyloop_timeout * NSEC_PER_USEC;
 
 	vhost_disable_notify(dev, vq);
-	bvq->notify = false;
 	for (;;) {
 		blk_start_plug(&plug);
 		taken = vhost_blk_take(bvq, be, log, &weight);
@@ -732,7 +729,6 @@ static void vhost_blk_serve(struct vhost_blk_vq *bvq)
 				vhost_disable_notify(dev, vq);
 				continue;
 			}
-			bvq->notify = true;
 			break;
 		}
 		/* Let other work of this worker, the scheduler, signals in. */
@@ -754,9 +750,8 @@ static void vhost_blk_handle_kick(struct vhost_work *work)
 						  poll.work);
 	struct vhost_blk_vq *bvq = container_of(vq, struct vhost_blk_vq, vq);
 
-	/* Unlocked: a statistic, and notify only changes in this worker. */
-	if (READ_ONCE(bvq->notify))
-		bvq->stats.kicks++;
+	/* Only the kick eventfd queues this work: every run is a guest kick. */
+	bvq->stats.kicks++;
 	vhost_blk_serve(bvq);
 }
 
@@ -905,7 +900,8 @@ static long vhost_blk_set_backend(struct vhost_blk *blk, int fd)
 	/* Serve what the guest queued while there was no backend. */
 	for (i = 0; be && i < blk->nvqs; i++)
 		if (blk->vqs[i].vq.kick)
-			vhost_poll_queue(&blk->vqs[i].vq.poll);
+			vhost_vq_work_queue(&blk->vqs[i].vq,
+					    &blk->vqs[i].poll_work);
 	mutex_unlock(&blk->dev.mutex);
 	return 0;
 
@@ -1031,7 +1027,6 @@ static void vhost_blk_default_poll(struct vhost_blk *blk)
 	for (i = 0; i < blk->nvqs; i++) {
 		mutex_lock(&blk->vqs[i].vq.mutex);
 		blk->vqs[i].vq.busyloop_timeout = us;
-		blk->vqs[i].notify = true;
 		mutex_unlock(&blk->vqs[i].vq.mutex);
 	}
 }
