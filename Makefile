@@ -30,6 +30,7 @@ VHOST_INC := $(if $(wildcard $(KDIR)/drivers/vhost/vhost.h),$(KDIR)/drivers/vhos
 
 KBUILD := $(MAKE) -C $(KDIR) M=$(CURDIR) W=1 \
 	CONFIG_VHOST_BLK_POLL=m CONFIG_VIRTIO_BLK_POLL=m \
+	CONFIG_VIRTIO_BLK_POLL_FAULT_INJECTION=y \
 	VBP_VHOST_INC=$(VHOST_INC)
 
 SELFTESTS := tools/testing/selftests/vhost_blk

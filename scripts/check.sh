@@ -122,7 +122,7 @@ count_kselftest() {
 }
 
 suite_kselftest() {
-	local t0 tests disk log rc counts p f s
+	local t0 tests imgs disks dargs log rc counts p f s
 
 	t0=$(date +%s)
 	mapfile -t tests < <(make -s -C "$st" emit_tests 2>/dev/null |
@@ -131,14 +131,27 @@ suite_kselftest() {
 		tap "not ok" "kselftest: list of tests" "make emit_tests listed none"
 		return
 	fi
-	# A stock virtio-blk disk (64 MiB, two queues) for virtio_blk_poll.
-	disk=$out/disk0.img
-	truncate -s 64M "$disk"
+	# Stock virtio-blk disks for virtio_blk_poll, raw files: two queues,
+	# one queue (resizable), read-only, and one that can be unplugged.
+	imgs=$(mktemp -d /dev/shm/vbp-check.XXXXXX)
+	disks=() dargs=()
+	vdisk() {
+		local serial=$1 size=$2 q=$3 flags=$4 opts=$5 dev=$6 img
+
+		img=$imgs/$serial.img
+		truncate -s "$size" "$img"
+		dargs+=(-a -drive -a "file=$img,if=none,id=$serial,format=raw,aio=threads,discard=unmap$opts"
+			-a -device -a "virtio-blk-pci,drive=$serial,id=$serial-pci,num-queues=$q,serial=$serial$dev")
+		disks+=("$serial:$(( $(stat -c %s "$img") / 512 )):$q$flags")
+	}
+	vdisk vbp-q2 64M 2 "" "" ""
+	vdisk vbp-q1 64M 1 :resize "" ""
+	vdisk vbp-ro 16M 1 :ro ",readonly=on" ""
+	dargs+=(-a -device -a "pcie-root-port,id=vbp-rp,chassis=1")
+	vdisk vbp-hot 64M 1 :hot "" ",bus=vbp-rp"
 	log=$out/kselftest.log
-	(cd "$st" && "$vmrun" -c 2 -m 2G -t 2400 \
-		-a -drive -a "file=$disk,if=none,id=d0,format=raw,cache=none,aio=threads" \
-		-a -device -a "virtio-blk-pci,drive=d0,num-queues=2,serial=vbp-disk0" \
-		-e VBP_TEST_VIRTIO_BLK=131072:2 \
+	(cd "$st" && "$vmrun" -c 2 -m 2G -t 2400 -Q "${dargs[@]}" \
+		-e "VBP_TEST_DISKS=${disks[*]}" \
 		-e "BASE_DIR=$VBP_ROOT/tools/testing/selftests" \
 		-- bash -c '. ../kselftest/runner.sh && run_many "$@"' run \
 		"${tests[@]/#/./}") > "$log" 2>&1 &
@@ -146,6 +159,7 @@ suite_kselftest() {
 	tail -n +1 -F --pid=$! "$log" 2>/dev/null | sed -u 's/^/# /'
 	wait $!
 	rc=$?
+	rm -rf "$imgs"
 	# One line per test here; the summary counts their subtests.
 	nocount=1
 	while read -r line; do

@@ -43,6 +43,7 @@
 #include <linux/seq_file.h>
 #include <linux/slab.h>
 #include <linux/string.h>
+#include <linux/uaccess.h>
 #include <linux/virtio.h>
 #include <linux/virtio_blk.h>
 #include <linux/virtio_config.h>
@@ -106,6 +107,8 @@ struct vbp_device;
  * @interrupts: virtqueue interrupts taken
  * @reaped: completions taken, by who took them
  * @bad: requests failed because of what the device returned
+ * @fault: fault to inject into the next used buffer (enum vbp_fault)
+ * @used_seen: used buffers taken since the virtqueue was created
  * @name: name of the virtqueue
  */
 struct vbp_queue {
@@ -123,6 +126,10 @@ struct vbp_queue {
 	u64 interrupts;
 	u64 reaped[VBP_NR_REAPERS];
 	u64 bad;
+#ifdef CONFIG_VIRTIO_BLK_POLL_FAULT_INJECTION
+	u8 fault;
+	u16 used_seen;
+#endif
 
 	char name[VBP_VQ_NAME_LEN];
 } ____cacheline_aligned_in_smp;
@@ -454,6 +461,72 @@ static void vbp_check_used(struct vbp_queue *q, struct vbp_req *vr,
 	}
 }
 
+#ifdef CONFIG_VIRTIO_BLK_POLL_FAULT_INJECTION
+/*
+ * Fault injection for the tests: corrupt the next used buffer in the used
+ * ring itself, the way a buggy or malicious device would write it.
+ */
+enum vbp_fault {
+	VBP_FAULT_NONE,
+	VBP_FAULT_LEN,		/* a used length beyond the buffer */
+	VBP_FAULT_ID,		/* a used id out of range */
+	VBP_FAULT_IDX,		/* a used index running ahead */
+	VBP_NR_FAULTS,
+};
+
+static const char *const vbp_fault_names[VBP_NR_FAULTS] = {
+	[VBP_FAULT_NONE]	= "none",
+	[VBP_FAULT_LEN]		= "len",
+	[VBP_FAULT_ID]		= "id",
+	[VBP_FAULT_IDX]		= "idx",
+};
+
+static void vbp_inject_locked(struct vbp_queue *q)
+{
+	struct virtio_device *vdev = q->vbp->vdev;
+	const struct vring *vring;
+	u16 idx, slot;
+
+	if (likely(!q->fault))
+		return;
+	vring = virtqueue_get_vring(q->vq);
+	idx = virtio16_to_cpu(vdev, READ_ONCE(vring->used->idx));
+	if (idx == q->used_seen)
+		return;
+	/* The device wrote the element before the index. */
+	virtio_rmb(true);
+	slot = q->used_seen & (vring->num - 1);
+	switch (q->fault) {
+	case VBP_FAULT_LEN:
+		vring->used->ring[slot].len = cpu_to_virtio32(vdev, U32_MAX);
+		break;
+	case VBP_FAULT_ID:
+		vring->used->ring[slot].id = cpu_to_virtio32(vdev, vring->num);
+		break;
+	case VBP_FAULT_IDX:
+		WRITE_ONCE(vring->used->idx,
+			   cpu_to_virtio16(vdev, idx + vring->num / 2 + 1));
+		break;
+	}
+	dev_info(&vdev->dev, "%s: injected a bad used %s\n", q->name,
+		 vbp_fault_names[q->fault]);
+	q->fault = VBP_FAULT_NONE;
+}
+
+static void vbp_count_used(struct vbp_queue *q)
+{
+	q->used_seen++;
+}
+#else
+static void vbp_inject_locked(struct vbp_queue *q)
+{
+}
+
+static void vbp_count_used(struct vbp_queue *q)
+{
+}
+#endif
+
 /*
  * Take the completed requests from the used ring into a list; called with
  * q->lock held.  Returns how many were taken.
@@ -463,7 +536,9 @@ static unsigned int vbp_take_locked(struct vbp_queue *q, struct vbp_req ***tail)
 	struct vbp_req *vr;
 	unsigned int len, n = 0;
 
+	vbp_inject_locked(q);
 	while ((vr = virtqueue_get_buf(q->vq, &len))) {
+		vbp_count_used(q);
 		vbp_check_used(q, vr, len);
 		vr->next = NULL;
 		**tail = vr;
@@ -1053,6 +1128,54 @@ static int vbp_queues_show(struct seq_file *m, void *unused)
 }
 DEFINE_SHOW_ATTRIBUTE(vbp_queues);
 
+#ifdef CONFIG_VIRTIO_BLK_POLL_FAULT_INJECTION
+/* "<queue> <fault>": corrupt that queue's next used buffer. */
+static ssize_t vbp_inject_write(struct file *file, const char __user *ubuf,
+				size_t count, loff_t *ppos)
+{
+	struct vbp_device *vbp = file->private_data;
+	unsigned long flags;
+	char buf[32], name[8];
+	unsigned int qi;
+	int fault;
+
+	if (count >= sizeof(buf))
+		return -EINVAL;
+	if (copy_from_user(buf, ubuf, count))
+		return -EFAULT;
+	buf[count] = '\0';
+	if (sscanf(buf, "%u %7s", &qi, name) != 2 || qi >= vbp->nr_queues)
+		return -EINVAL;
+	fault = match_string(vbp_fault_names, VBP_NR_FAULTS, name);
+	if (fault < 0)
+		return -EINVAL;
+	if (virtio_has_feature(vbp->vdev, VIRTIO_F_RING_PACKED))
+		return -EOPNOTSUPP;
+
+	spin_lock_irqsave(&vbp->queues[qi].lock, flags);
+	vbp->queues[qi].fault = fault;
+	spin_unlock_irqrestore(&vbp->queues[qi].lock, flags);
+	return count;
+}
+
+static const struct file_operations vbp_inject_fops = {
+	.owner	= THIS_MODULE,
+	.open	= simple_open,
+	.write	= vbp_inject_write,
+	.llseek	= noop_llseek,
+};
+
+static void vbp_debugfs_inject(struct vbp_device *vbp)
+{
+	debugfs_create_file("inject", 0200, vbp->debugfs, vbp,
+			    &vbp_inject_fops);
+}
+#else
+static void vbp_debugfs_inject(struct vbp_device *vbp)
+{
+}
+#endif
+
 /* Probe and removal. */
 
 static int vbp_init_vqs(struct vbp_device *vbp)
@@ -1328,6 +1451,7 @@ static int vbp_probe(struct virtio_device *vdev)
 					  vbp_debugfs_root);
 	debugfs_create_file("queues", 0444, vbp->debugfs, vbp,
 			    &vbp_queues_fops);
+	vbp_debugfs_inject(vbp);
 
 	dev_info(&vdev->dev,
 		 "%s: %llu sectors, %u virtqueues (%u poll), %s completions\n",

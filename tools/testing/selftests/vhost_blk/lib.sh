@@ -51,3 +51,187 @@ vbp_require_root() {
 		exit "$KSFT_SKIP"
 	fi
 }
+
+# QMP of the VM's own QEMU, in a guest of vm-run -Q: $VMRUN_QMP is a serial
+# port that vm-run joins to a QMP monitor.  Replies and events share the one
+# stream; events read while waiting for something else are kept in
+# $VBP_QMP_STATE/events for vbp_qmp_wait_event.  Callers are serialised by a
+# lock, so the functions work from subshells ($(vbp_qmp ...)) and background
+# jobs too; a vbp_qmp_wait_event holds it while it waits.  The port carries
+# about 5 KB/s in an emulated guest: fine for commands and events, slow for
+# big replies (query-qmp-schema: 200 KB).
+VBP_QMP_STATE=${VBP_QMP_STATE:-/run/vbp-qmp}
+VBP_QMP_TIMEOUT=${VBP_QMP_TIMEOUT:-30}
+
+# _vbp_qmp_deadline SECONDS: set _vbp_qmp_end to SECONDS (a fraction too)
+# from now, in microseconds since the epoch.  No subshells here and below:
+# each fork costs milliseconds in an emulated guest.
+_vbp_qmp_deadline() {
+	local s=${1%%.*} f=''
+
+	[[ "$1" == *.* ]] && f=${1#*.}
+	f=${f}000000
+	_vbp_qmp_end=$((${EPOCHREALTIME/./} + 10#${s:-0} * 1000000 + 10#${f:0:6}))
+}
+
+# _vbp_qmp_open: take the lock, open the port in _vbp_qmp_fd and, the first
+# time in this VM, make it raw without echo and negotiate capabilities (the
+# port stays raw: vm-run keeps it open).  _vbp_qmp_close undoes it.
+_vbp_qmp_open() {
+	local rc=0
+
+	if [ -z "${VMRUN_QMP:-}" ] || [ ! -c "$VMRUN_QMP" ]; then
+		echo "vbp_qmp: no QMP port (\$VMRUN_QMP; vm-run -Q)" >&2
+		return 2
+	fi
+	[ -d "$VBP_QMP_STATE" ] || mkdir -p "$VBP_QMP_STATE" || return 2
+	exec {_vbp_qmp_lock}>>"$VBP_QMP_STATE/lock" || return 2
+	if ! flock -w "$VBP_QMP_TIMEOUT" "$_vbp_qmp_lock"; then
+		echo "vbp_qmp: $VBP_QMP_STATE/lock still held" >&2
+		exec {_vbp_qmp_lock}>&-
+		return 2
+	fi
+	if ! exec {_vbp_qmp_fd}<>"$VMRUN_QMP"; then
+		_vbp_qmp_close
+		return 2
+	fi
+	[ -e "$VBP_QMP_STATE/ready" ] && return 0
+	if ! stty raw -echo <&"$_vbp_qmp_fd"; then
+		_vbp_qmp_close
+		return 2
+	fi
+	# A second negotiation (a lost marker) is refused as complete: rc 1.
+	_vbp_qmp_execute '{"execute": "qmp_capabilities"}' >/dev/null || rc=$?
+	if [ "$rc" -gt 1 ]; then
+		_vbp_qmp_close
+		return $rc
+	fi
+	: > "$VBP_QMP_STATE/ready"
+}
+
+_vbp_qmp_close() {
+	[ -n "${_vbp_qmp_fd:-}" ] && exec {_vbp_qmp_fd}>&-
+	exec {_vbp_qmp_lock}>&-
+	_vbp_qmp_fd=
+}
+
+# _vbp_qmp_read id ID | event NAME MATCH: read the port until the reply with
+# that id (or an error without id), or that event with MATCH in its line,
+# before _vbp_qmp_end (after it, only what has come already), and set
+# _vbp_qmp_line to it.  Other
+# events are kept, other replies (to commands that timed out), the greeting
+# and partial lines are dropped.  Returns 1 at the deadline or on a read
+# error.
+_vbp_qmp_read() {
+	local kind=$1 want=$2 match=${3:-} line part='' left rc
+
+	while :; do
+		left=$((_vbp_qmp_end - ${EPOCHREALTIME/./}))
+		if [ "$left" -le 0 ]; then
+			read -t 0 -u "$_vbp_qmp_fd" || return 1
+			left=100000
+		fi
+		printf -v left %d.%06d $((left / 1000000)) $((left % 1000000))
+		rc=0
+		# -n: read unbuffered.  A plain "read -t" reads a tty ahead into
+		# a buffer that subshells inherit, so they read lines twice.
+		IFS= read -r -s -n 16777216 -t "$left" -u "$_vbp_qmp_fd" line ||
+			rc=$?
+		if [ "$rc" -gt 128 ]; then
+			# A timeout keeps the start of a line for the next read.
+			part+=$line
+			continue
+		fi
+		[ "$rc" = 0 ] || return 1
+		line=${part}${line%$'\r'}
+		part=
+		if [[ "$line" == *"\"id\": \"$want\""* ]]; then
+			[ "$kind" = id ] && { _vbp_qmp_line=$line; return 0; }
+		elif [ "$kind" = id ] && [[ "$line" == "{\"error\": "* ]] &&
+		     [[ "$line" != *"\"id\": "* ]]; then
+			# QEMU could not parse the command: no id to answer with.
+			_vbp_qmp_line=$line
+			return 0
+		elif [[ "$line" == "{\"timestamp\": "*"\"event\": \""* ]]; then
+			if [ "$kind" = event ] &&
+			   [[ "$line" == *"\"event\": \"$want\""* ]] &&
+			   [[ "$line" == *"$match"* ]]; then
+				_vbp_qmp_line=$line
+				return 0
+			fi
+			echo "$line" >> "$VBP_QMP_STATE/events"
+		fi
+	done
+}
+
+# _vbp_qmp_execute JSON: send one command with an id of its own and wait
+# for its reply (see vbp_qmp).
+_vbp_qmp_execute() {
+	local cmd=${1#"${1%%[![:space:]]*}"} id
+
+	if [ "${cmd:0:1}" != "{" ]; then
+		echo "vbp_qmp: not a JSON object: $1" >&2
+		return 2
+	fi
+	id=vbp-$BASHPID-${EPOCHREALTIME/./}
+	_vbp_qmp_deadline "$VBP_QMP_TIMEOUT"
+	printf '{"id": "%s", %s\n' "$id" "${cmd:1}" >&"$_vbp_qmp_fd" || return 2
+	if ! _vbp_qmp_read id "$id"; then
+		echo "vbp_qmp: no reply in ${VBP_QMP_TIMEOUT}s to $1" >&2
+		return 124
+	fi
+	echo "$_vbp_qmp_line"
+	# An error reply has no "return" (a quote within a string is \").
+	[[ "$_vbp_qmp_line" == *"\"return\": "* ]]
+}
+
+# vbp_qmp JSON: send one QMP command, one JSON object without an "id" of its
+# own (one is added), e.g. for the drive of -drive ...,id=d1:
+#   vbp_qmp '{"execute": "block_resize", "arguments": {"device": "d1", "size": 1073741824}}'
+# wait up to $VBP_QMP_TIMEOUT s for its reply and print the reply's line.
+# Returns 1 on an error reply, 124 on timeout, 2 when there is no QMP port.
+vbp_qmp() {
+	local rc=0
+
+	_vbp_qmp_open || return
+	_vbp_qmp_execute "$1" || rc=$?
+	_vbp_qmp_close
+	return $rc
+}
+
+# vbp_qmp_wait_event NAME [TIMEOUT [MATCH]]: wait up to TIMEOUT s (default
+# $VBP_QMP_TIMEOUT) for an event NAME whose line holds the string MATCH,
+# print its line and forget it.  Events that came before the call count,
+# the oldest first; for example after device_del of a device with id vd1:
+#   vbp_qmp_wait_event DEVICE_DELETED 60 '"device": "vd1"'
+# Returns 124 on timeout.
+vbp_qmp_wait_event() {
+	local name=$1 timeout=${2:-$VBP_QMP_TIMEOUT} match=${3:-}
+	local kept=$VBP_QMP_STATE/events n=0 found=0 line
+
+	_vbp_qmp_open || return
+	_vbp_qmp_deadline "$timeout"
+	if [ -s "$kept" ]; then
+		while IFS= read -r line; do
+			n=$((n + 1))
+			if [[ "$line" == *"\"event\": \"$name\""* ]] &&
+			   [[ "$line" == *"$match"* ]]; then
+				found=$n
+				break
+			fi
+		done < "$kept"
+	fi
+	if [ "$found" -gt 0 ]; then
+		sed -i "${found}d" "$kept"
+		echo "$line"
+		_vbp_qmp_close
+		return 0
+	fi
+	if ! _vbp_qmp_read event "$name" "$match"; then
+		echo "vbp_qmp: no event $name ${match:+($match) }in ${timeout}s" >&2
+		_vbp_qmp_close
+		return 124
+	fi
+	echo "$_vbp_qmp_line"
+	_vbp_qmp_close
+}

@@ -506,19 +506,89 @@ test_unload_busy() {
 	return $ok
 }
 
+# A device that writes a bad used ring, through the driver's fault
+# injection (it corrupts the used ring in memory, as the device would).
+read1() {
+	timeout 60 dd if="/dev/$1" of=/dev/null bs=4k count="${2:-1}" \
+		iflag=direct 2>/dev/null
+}
+
+test_bad_device() {
+	local s b v f mode bad0 ok=0
+
+	for s in $(io_disks); do
+		[ "${QUEUES[$s]}" = 1 ] && break
+	done
+	b=$(disk_of "$s") || return 1
+	v=$(vdev_of "$b")
+	[ -e "$DBG/$b/inject" ] ||
+		{ echo "# SKIP built without CONFIG_VIRTIO_BLK_POLL_FAULT_INJECTION"; return 4; }
+	if echo "0 bogus" > "$DBG/$b/inject" 2>/dev/null; then
+		echo "# unknown fault accepted"
+		ok=1
+	fi
+	# A used length beyond the buffer fails that request only.
+	for mode in irq poll; do
+		echo $mode > "/sys/block/$b/completion_mode" || return 1
+		bad0=$(dbg_sum "$b" bad)
+		echo "0 len" > "$DBG/$b/inject" || return 1
+		if read1 "$b"; then
+			echo "# $mode: a read with a bad used length succeeded"
+			ok=1
+		fi
+		[ "$(dbg_sum "$b" bad)" = $((bad0 + 1)) ] ||
+			{ echo "# $mode: bad count $(dbg_sum "$b" bad), was $bad0"; ok=1; }
+		read1 "$b" 64 || { echo "# $mode: the device failed after one bad length"; ok=1; }
+	done
+	# A bad used id, or a used index running ahead: the device is broken,
+	# its I/O fails, nothing hangs; rebinding resets it and it works.
+	for f in id idx; do
+		b=$(disk_of "$s") || return 1
+		dmesg -C
+		echo "0 $f" > "$DBG/$b/inject" || return 1
+		read1 "$b"
+		dmesg | grep -q "$v: device broke the virtqueue protocol" ||
+			{ echo "# $f: device not marked broken"; ok=1; }
+		# A dead disk has no capacity left: reads find nothing.
+		[ "$(cat "/sys/block/$b/size")" = 0 ] ||
+			{ echo "# $f: disk still has $(cat "/sys/block/$b/size") sectors"; ok=1; }
+		if [ "$(timeout 60 dd if="/dev/$b" bs=4k count=1 iflag=direct 2>/dev/null |
+			wc -c)" != 0 ]; then
+			echo "# $f: data still read after a bad used $f"
+			ok=1
+		fi
+		echo "$v" > $DRV/unbind || return 1
+		echo "$v" > $DRV/bind || return 1
+		wait_disks || return 1
+		b=$(disk_of "$s") || return 1
+		dd if=/dev/urandom of=/tmp/bad.pat bs=64k count=4 2>/dev/null
+		if ! dd if=/tmp/bad.pat of="/dev/$b" bs=64k oflag=direct 2>/dev/null ||
+		   ! cmp -n 262144 /tmp/bad.pat "/dev/$b"; then
+			echo "# $f: the device does not work after rebind"
+			ok=1
+		fi
+	done
+	return $ok
+}
+
 test_unplug() {
-	local s b v pid rc i
+	local s b v pid rc i w0
 
 	[ -n "${VMRUN_QMP:-}" ] || { echo "# SKIP no QMP channel (vm-run -Q)"; return 4; }
 	s=$(disk_with hot) || { echo "# SKIP no hot-pluggable disk"; return 4; }
 	b=$(disk_of "$s") || return 1
 	v=$(vdev_of "$b")
 	echo poll > "/sys/block/$b/completion_mode" || return 1
+	w0=$(awk '{ print $5 }' "/sys/block/$b/stat")
 	fio --name=h --filename="/dev/$b" --rw=randwrite --bs=4k --direct=1 \
 		--ioengine=libaio --iodepth=8 --time_based --runtime=60 \
 		> /tmp/unplug.fio 2>&1 &
 	pid=$!
-	sleep 2
+	# Unplug once the writes flow.
+	for i in $(seq 300); do
+		[ "$(awk '{ print $5 }' "/sys/block/$b/stat")" -gt $((w0 + 100)) ] && break
+		sleep 0.1
+	done
 	vbp_qmp "{\"execute\":\"device_del\",\"arguments\":{\"id\":\"$s-pci\"}}" \
 		>/dev/null || { echo "# device_del failed"; kill $pid; return 1; }
 	for i in $(seq 300); do
@@ -548,7 +618,7 @@ run() {
 }
 
 ktap_print_header
-ktap_set_plan 18
+ktap_set_plan 19
 run "probe binds every virtio-blk device (${#VDEVS[@]})" test_probe
 run "capacity and queue count from the device, one queue per CPU" test_config
 run "serial numbers (GET_ID) in sysfs" test_serial
@@ -566,6 +636,7 @@ run "read-only device refuses writes" test_readonly
 run "resize seen by the guest, with a uevent" test_resize
 run "ext4: mkfs, fio verify, fsck clean" test_fs
 run "unload refused while a disk is in use" test_unload_busy
+run "bad used length, id and index from the device: I/O fails, no hang" test_bad_device
 run "device_del during I/O fails the I/O cleanly" test_unplug
 vbp_loaded virtio_blk_poll && vbp_unload_guest
 ktap_finished
