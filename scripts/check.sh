@@ -132,7 +132,8 @@ suite_kselftest() {
 		return
 	fi
 	# Stock virtio-blk disks for virtio_blk_poll, raw files: two queues,
-	# one queue (resizable), read-only, and one that can be unplugged.
+	# one queue (resizable), read-only with 4 KiB blocks, and one that can
+	# be unplugged.
 	imgs=$(mktemp -d /dev/shm/vbp-check.XXXXXX)
 	disks=() dargs=()
 	vdisk() {
@@ -146,7 +147,8 @@ suite_kselftest() {
 	}
 	vdisk vbp-q2 64M 2 "" "" ""
 	vdisk vbp-q1 64M 1 :resize "" ""
-	vdisk vbp-ro 16M 1 :ro ",readonly=on" ""
+	vdisk vbp-ro 16M 1 :ro:4k ",readonly=on" \
+		",logical_block_size=4096,physical_block_size=4096,min_io_size=8192,opt_io_size=65536"
 	dargs+=(-a -device -a "pcie-root-port,id=vbp-rp,chassis=1")
 	vdisk vbp-hot 64M 1 :hot "" ",bus=vbp-rp"
 	log=$out/kselftest.log

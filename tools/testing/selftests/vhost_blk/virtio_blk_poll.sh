@@ -9,7 +9,8 @@
 # VBP_TEST_DISKS describes the machine's disks, one word per disk:
 #   serial:sectors:queues[:flag...]
 # flags: ro (read-only), hot (may be unplugged; QMP device id <serial>-pci),
-# resize (QMP drive id <serial>, may be resized).  Disks that are not
+# resize (QMP drive id <serial>, may be resized), 4k (4 KiB logical and
+# physical blocks, 8 KiB minimum and 64 KiB optimal I/O size).  Disks that are not
 # described are left alone.
 
 # shellcheck source=lib.sh
@@ -148,7 +149,7 @@ test_probe() {
 }
 
 test_config() {
-	local s b line q ok=0
+	local s b line q topo ok=0
 
 	for s in "${DISKS[@]}"; do
 		b=$(disk_of "$s") || return 1
@@ -162,6 +163,14 @@ test_config() {
 			{ echo "# $b: ${BASH_REMATCH[1]} virtqueues, want $q"; ok=1; }
 		[ "$(find "/sys/block/$b/mq" -mindepth 1 -maxdepth 1 | wc -l)" = "$q" ] ||
 			{ echo "# $b: blk-mq queues differ"; ok=1; }
+		# seg_max from the device, not the one-segment fallback.
+		[ "$(cat "/sys/block/$b/queue/max_segments")" -gt 1 ] ||
+			{ echo "# $b: max_segments $(cat "/sys/block/$b/queue/max_segments")"; ok=1; }
+		has_flag "$s" 4k || continue
+		topo=$(cd "/sys/block/$b/queue" && cat logical_block_size \
+			physical_block_size minimum_io_size optimal_io_size | xargs)
+		echo "# $b: block sizes and I/O sizes $topo"
+		[ "$topo" = "4096 4096 8192 65536" ] || ok=1
 	done
 	return $ok
 }
