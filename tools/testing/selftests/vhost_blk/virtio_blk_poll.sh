@@ -28,7 +28,7 @@ for w in ${VBP_TEST_DISKS:-}; do
 	DISKS+=("$s")
 	SECTORS[$s]=$n
 	QUEUES[$s]=$q
-	FLAGS[$s]=":${f//:/ :}:"
+	FLAGS[$s]=":$f:"
 done
 
 has_flag() {
@@ -428,8 +428,10 @@ test_readonly() {
 }
 
 # Kernel uevents of block devices, one per line, until killed.
+# exec: the background job is the listener itself, so that killing it
+# leaves nothing holding the test's output open.
 uevents() {
-	python3 -c '
+	exec python3 -c '
 import socket, sys
 s = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 15)
 s.bind((0, 1))
