@@ -7,6 +7,8 @@
 #   make check      run all tests in virtual machines
 #   make lint       checkpatch, W=1, sparse, kernel-doc and shellcheck
 #   make bench-host the host-side benchmark (build/bench/bench-host.*)
+#   make qemu       QEMU with vhost-blk-pci (qemu/); prints the binary's path
+#   make demo       a guest doing verified I/O through vhost-blk-pci
 #
 # KVER=<version> or KDIR=<configured kernel tree> build against another kernel.
 
@@ -37,7 +39,7 @@ SELFTESTS := tools/testing/selftests/vhost_blk
 KSFT := $(MAKE) -C $(SELFTESTS) OUTPUT=$(CURDIR)/$(SELFTESTS) \
 	KHDR_INCLUDES="-isystem $(KSRC)/usr/include"
 
-.PHONY: all modules selftests ksrc deps check lint clean bench-host
+.PHONY: all modules selftests ksrc deps check lint clean bench-host qemu demo
 
 all: modules selftests
 
@@ -64,6 +66,16 @@ lint: ksrc
 bench-host: all
 	$(SELFTESTS)/vm-run -c 2 -m 2G -t 2400 -O $(BUILD)/bench -- \
 		$(SELFTESTS)/bench_host.sh
+
+# Built once per QEMU source version and patch series, cached outside the
+# tree (qemu/build.sh).
+qemu:
+	@qemu/build.sh
+
+# DEMO_BACKEND=<raw image or block device> serves the guest from it (its
+# contents are overwritten) instead of a null_blk.
+demo: all
+	@scripts/demo.sh
 
 clean:
 	-$(KBUILD) clean

@@ -10,6 +10,8 @@
 #   vmrun      the VM runner's own tests: exit status, timeout, kernel
 #              reports and a dead guest fail a run, nested boot works
 #   kselftest  tools/testing/selftests/vhost_blk in one VM
+#   e2e        end to end, nested: QEMU with vhost-blk-pci (built by
+#              qemu/build.sh, cached) in a VM, its guest on vhost_blk_poll
 
 set -uo pipefail
 
@@ -17,7 +19,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=scripts/env.sh
 . "$here/env.sh"
 
-suites=${CHECK_SUITES:-vmrun kselftest}
+suites=${CHECK_SUITES:-vmrun kselftest e2e}
 st=$VBP_ROOT/tools/testing/selftests/vhost_blk
 vmrun=$st/vm-run
 out=$VBP_BUILD/check
@@ -183,11 +185,62 @@ suite_kselftest() {
 	elapsed "kselftest suite" "$t0"
 }
 
+# count_ktap LOG: "passed failed skipped" of the KTAP lines of one test.
+count_ktap() {
+	awk '
+	/^ok [0-9]+ .*# *SKIP/ { s++; next }
+	/^ok [0-9]+ / { p++; next }
+	/^not ok [0-9]+ / { f++ }
+	/^1\.\.0 # *SKIP/ { s++ }
+	END { print p + 0, f + 0, s + 0 }
+	' "$1"
+}
+
+suite_e2e() {
+	local t0 qemu log rc p f s
+
+	t0=$(date +%s)
+	echo "# e2e: QEMU with vhost-blk-pci (qemu/build.sh; minutes when not cached)"
+	if ! qemu=$("$VBP_ROOT/qemu/build.sh" 2> "$out/qemu-build.log"); then
+		sed 's/^/# /' "$out/qemu-build.log" | tail -n 20
+		tap "not ok" "e2e: QEMU with vhost-blk-pci builds" "make qemu failed"
+		return
+	fi
+	tap ok "e2e: QEMU with vhost-blk-pci builds ($(( $(date +%s) - t0 )) s)"
+	log=$out/e2e.log
+	(cd "$st" && "$vmrun" -c 2 -m 3G -t 2400 -e "VBP_QEMU=$qemu" \
+		-- ./vhost_blk_e2e.sh) > "$log" 2>&1 &
+	tail -n +1 -F --pid=$! "$log" 2>/dev/null | sed -u 's/^/# /'
+	wait $!
+	rc=$?
+	read -r p f s <<< "$(count_ktap "$log")"
+	# One line per test of the nested run; those are counted below.
+	nocount=1
+	while read -r line; do
+		if [[ "$line" =~ ^ok\ [0-9]+\ ([^#]*)(#\ *(SKIP.*))? ]]; then
+			tap ok "e2e: ${BASH_REMATCH[1]% }" "${BASH_REMATCH[3]}"
+		elif [[ "$line" =~ ^not\ ok\ [0-9]+\ ([^#]*) ]]; then
+			tap "not ok" "e2e: ${BASH_REMATCH[1]% }"
+		elif [[ "$line" =~ ^1\.\.0\ \#\ *(SKIP.*) ]]; then
+			tap ok "e2e" "${BASH_REMATCH[1]}"
+		fi
+	done < "$log"
+	nocount=0
+	pass=$((pass + p))
+	fail=$((fail + f))
+	skip=$((skip + s))
+	if [ "$rc" != 0 ] && [ "$rc" != 4 ]; then
+		tap "not ok" "e2e: the VM ran to the end with a clean kernel log" "vm-run exit $rc"
+	fi
+	elapsed "e2e suite" "$t0"
+}
+
 echo "TAP version 13"
 for s in $suites; do
 	case "$s" in
 	vmrun) suite_vmrun ;;
 	kselftest) suite_kselftest ;;
+	e2e) suite_e2e ;;
 	*) tap "not ok" "suite $s" "no such suite" ;;
 	esac
 done

@@ -8,6 +8,7 @@
 #   sparse (C=2)             the modules
 #   kernel-doc -Wall         the uapi header
 #   shell scripts            shellcheck
+#   QEMU's checkpatch.pl     the QEMU patch series (qemu/patches)
 
 set -uo pipefail
 
@@ -82,6 +83,7 @@ else
 fi
 step kernel-doc "$ksrc/scripts/kernel-doc" -none -Wall include/uapi/linux/vhost_blk.h
 step shellcheck shellcheck -x "${shell[@]}"
+step "QEMU checkpatch" qemu/build.sh -c
 
 if [ ${#failed[@]} -gt 0 ]; then
 	echo "lint: failed: ${failed[*]}"

@@ -1,0 +1,208 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# Build qemu-system-x86_64 with the vhost-blk-pci device: Debian's QEMU
+# source package with Debian's own patches, then the series in
+# qemu/patches, configured for x86_64-softmmu only.
+#
+# The binary is kept in $VBP_CACHE/qemu/<source version>-<hash>/, where the
+# hash covers the series and the configuration, so that a second run finds
+# it and builds nothing.  The source package is fetched with
+# "apt-get source" (make deps adds the deb-src entries) into
+# $VBP_CACHE/qemu/src when it is not there yet.  Progress goes to standard
+# error; standard output gets one line, the binary's path.
+#
+#   qemu/build.sh           build the binary unless it is cached
+#   qemu/build.sh -n        only print the path the binary has, built or not
+#   qemu/build.sh -f        build again even if it is cached
+#   qemu/build.sh -c        check the series with QEMU's scripts/checkpatch.pl
+
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=scripts/env.sh
+. "$here/../scripts/env.sh"
+
+patches=$here/patches
+cache=$VBP_CACHE/qemu
+srcdir=$cache/src
+
+# Firmware comes from Debian's qemu-system-data, seabios and ipxe-qemu.
+# virtfs: the test VMs mount the host's root over 9p (vm-run).
+firmware=/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu
+configure_args=(
+	--target-list=x86_64-softmmu
+	--without-default-features
+	--enable-kvm --enable-tcg
+	--enable-vhost-kernel --enable-vhost-user
+	--enable-linux-aio --enable-fdt=system
+	--enable-virtfs --enable-attr --enable-cap-ng
+	--disable-docs --disable-werror --disable-install-blobs
+	"--firmwarepath=$firmware"
+)
+# Debian's tarball has no edk2 blobs, which meson would unpack when it finds
+# bzip2: the build does without them.
+edk2_sed='s/^\( *unpack_edk2_blobs = \)bzip2\.found()$/\1false/'
+
+usage() {
+	sed -n '3,/^$/s/^# \{0,1\}//p' "$0" >&2
+	exit 2
+}
+
+die() {
+	echo "qemu: $*" >&2
+	exit 1
+}
+
+only_print=0
+force=0
+checkpatch=0
+while getopts nfch opt; do
+	case $opt in
+	n) only_print=1 ;;
+	f) force=1 ;;
+	c) checkpatch=1 ;;
+	*) usage ;;
+	esac
+done
+
+series() {
+	sed -e 's/#.*//' -e '/^[[:space:]]*$/d' "$patches/series"
+}
+
+# The newest QEMU source apt knows of; without deb-src entries, the newest
+# one already downloaded.
+src_version() {
+	local v dsc best=''
+
+	while read -r v; do
+		if [ -z "$best" ] || dpkg --compare-versions "$v" gt "$best"; then
+			best=$v
+		fi
+	done < <(apt-cache showsrc --only-source qemu 2>/dev/null |
+		 sed -n 's/^Version: //p')
+	if [ -z "$best" ]; then
+		for dsc in "$srcdir"/qemu_*.dsc; do
+			[ -e "$dsc" ] || continue
+			v=$(sed -n 's/^Version: //p' "$dsc")
+			if [ -z "$best" ] ||
+			   dpkg --compare-versions "$v" gt "$best"; then
+				best=$v
+			fi
+		done
+	fi
+	[ -n "$best" ] || die "no source of qemu: no deb-src entries (make deps)"
+	echo "$best"
+}
+
+[ -r "$patches/series" ] || die "no $patches/series"
+for p in $(series); do
+	[ -r "$patches/$p" ] || die "patch $p of the series is missing"
+done
+
+version=$(src_version)
+upstream=${version#*:}
+hash=$({
+	printf '%s\n' "${configure_args[@]}" "$edk2_sed"
+	for p in $(series); do
+		echo "$p"
+		cat "$patches/$p"
+	done
+} | sha256sum | cut -c1-16)
+out=$cache/$upstream-$hash
+bin=$out/qemu-system-x86_64
+
+dsc=$srcdir/qemu_$upstream.dsc
+fetch_source() {
+	[ -r "$dsc" ] && return 0
+	echo "qemu: fetching the source of qemu $version" >&2
+	mkdir -p "$srcdir"
+	(cd "$srcdir" && apt-get source -q --download-only "qemu=$version") \
+		>"$cache/fetch.log" 2>&1 ||
+		{ cat "$cache/fetch.log" >&2; die "apt-get source failed"; }
+	[ -r "$dsc" ] || die "apt-get source gave no $dsc"
+}
+
+if [ "$only_print" = 1 ]; then
+	echo "$bin"
+	exit 0
+fi
+
+if ! mkdir -p "$cache" 2>/dev/null || [ ! -w "$cache" ]; then
+	die "cannot write $cache (run as root, or set VBP_CACHE)"
+fi
+
+# One build at a time; a second caller waits and then finds the binary.
+exec 9>"$cache/.lock"
+flock 9
+
+# QEMU's own style checker, from the upstream tarball, kept with the source.
+if [ "$checkpatch" = 1 ]; then
+	fetch_source
+	cp_dir=$srcdir/checkpatch-${upstream%%-*}
+	if [ ! -x "$cp_dir/checkpatch.pl" ]; then
+		orig=$(sed -n 's/^ [0-9a-f]\{64\} [0-9]* \(.*\.orig\.tar\.[a-z0-9]*\)$/\1/p' "$dsc" | head -n 1)
+		mkdir -p "$cp_dir"
+		tar -xf "$srcdir/$orig" -C "$cp_dir" --strip-components=2 \
+			--wildcards '*/scripts/checkpatch.pl' ||
+			die "no scripts/checkpatch.pl in $orig"
+	fi
+	rc=0
+	for p in $(series); do
+		"$cp_dir/checkpatch.pl" --no-tree "$patches/$p" || rc=1
+	done
+	exit $rc
+fi
+
+if [ "$force" = 0 ] && [ -x "$bin" ]; then
+	echo "$bin"
+	exit 0
+fi
+
+fetch_source
+
+work=$cache/build-$upstream-$hash
+log=$cache/build-$upstream-$hash.log
+rm -rf "$work"
+: > "$log"
+t0=$(date +%s)
+fail() {
+	tail -n 40 "$log" >&2
+	die "$* (log: $log)"
+}
+
+echo "qemu: extracting $upstream with Debian's patches" >&2
+dpkg-source --no-copy -x "$dsc" "$work" >>"$log" 2>&1 || fail "dpkg-source failed"
+sed -i "$edk2_sed" "$work/meson.build"
+grep -q '^ *unpack_edk2_blobs = false$' "$work/meson.build" ||
+	fail "meson.build: the edk2 blobs cannot be switched off"
+
+for p in $(series); do
+	echo "qemu: applying $p" >&2
+	patch -d "$work" -p1 --forward --batch --no-backup-if-mismatch \
+		<"$patches/$p" >>"$log" 2>&1 || fail "$p does not apply"
+done
+
+echo "qemu: configuring (log: $log)" >&2
+mkdir "$work/build"
+(cd "$work/build" && ../configure "${configure_args[@]}") >>"$log" 2>&1 ||
+	fail "configure failed"
+
+echo "qemu: building qemu-system-x86_64 (several minutes)" >&2
+ninja -C "$work/build" qemu-system-x86_64 >>"$log" 2>&1 ||
+	fail "the build failed"
+
+mkdir -p "$out"
+cp "$work/build/qemu-system-x86_64" "$bin.tmp"
+mv "$bin.tmp" "$bin"
+{
+	echo "source: qemu $version"
+	echo "series:"
+	series | sed 's/^/  /'
+	echo "configure: ${configure_args[*]}"
+	echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ) in $(( $(date +%s) - t0 )) s"
+} > "$out/info"
+mv "$log" "$out/build.log"
+rm -rf "$work"
+echo "qemu: built in $(( $(date +%s) - t0 )) s" >&2
+echo "$bin"

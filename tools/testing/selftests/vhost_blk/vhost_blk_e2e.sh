@@ -1,0 +1,248 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# End to end, nested: this VM (L1) loads vhost_blk_poll and runs QEMU with
+# vhost-blk-pci ($VBP_QEMU, qemu/build.sh) for a guest (L2) whose disks are
+# a memory-backed null_blk and a raw file, both served by the module.  L2
+# (vhost_blk_e2e_guest.sh) checks the stock virtio_blk and virtio_blk_poll
+# in poll mode, counts kicks, signals and interrupts per request, reboots,
+# checks again, and keeps I/O running while this side kills its QEMU with
+# SIGKILL; then the module must let go of everything and unload.  Last, the
+# errors QEMU gives for a missing module and for bad properties.
+
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
+vbp_require_root
+
+QEMU=${VBP_QEMU:-}
+if [ ! -x "$QEMU" ] || ! "$QEMU" -device help 2>/dev/null | grep -q '"vhost-blk-pci"'; then
+	ktap_skip_all "no QEMU with vhost-blk-pci in VBP_QEMU (make qemu)"
+	exit "$KSFT_SKIP"
+fi
+
+STATS=/sys/kernel/debug/vhost_blk_poll
+# null_blk names a disk made through configfs after its directory.
+NULLB=/sys/kernel/config/nullb/nullb-e2e
+NULLB_DEV=/dev/nullb-e2e
+IMG=/tmp/e2e.img
+L2LOG=/tmp/e2e-l2.log
+L2CONSOLE=/tmp/e2e-l2-console.log
+# Tests reported by the guest: 7 before its reboot, 1 after.
+L2_TESTS=8
+# The polled disk's poll budget.  The guest runs under emulation inside an
+# emulated machine: between two of its requests far more time passes than
+# on hardware, and the module's default budget (50 us) would have the
+# worker asleep for nearly every request.
+POLL_US=20000
+
+# A memory-backed, multi-queue null_blk with discard.
+nullb_create() {
+	local a
+
+	modprobe null_blk nr_devices=0 || return 1
+	mountpoint -q /sys/kernel/config || mount -t configfs configfs /sys/kernel/config
+	mkdir "$NULLB" || return 1
+	for a in size=256 memory_backed=1 discard=1 queue_mode=2 submit_queues=2; do
+		echo "${a#*=}" > "$NULLB/${a%%=*}" || return 1
+	done
+	echo 1 > "$NULLB/power" || return 1
+	vbp_wait_for "$NULLB_DEV"
+}
+
+nullb_remove() {
+	[ -d "$NULLB" ] && rmdir "$NULLB"
+	rmmod null_blk
+}
+
+host_requests() {
+	cat "$STATS"/*/stats 2>/dev/null |
+		awk '$1 ~ /^[0-9]+$/ { r += $2 } END { print r + 0 }'
+}
+
+# The guest keeps writing; kill its QEMU with SIGKILL and check that the
+# module lets go of its devices.
+kill_vmm() {
+	local qpid r0 r1 i
+
+	qpid=$(pgrep -f "^$QEMU ")
+	r0=$(host_requests)
+	sleep 2
+	r1=$(host_requests)
+	echo "# QEMU $qpid: $((r1 - r0)) requests served in the last 2 s; SIGKILL"
+	kill -KILL "$qpid"
+	if [ "$r1" -gt "$r0" ]; then
+		ktap_test_pass "guest I/O in flight when QEMU is killed"
+	else
+		ktap_test_fail "guest I/O in flight when QEMU is killed"
+	fi
+	for i in $(seq 100); do
+		[ -z "$(ls "$STATS")" ] && break
+		sleep 0.1
+	done
+	if [ -z "$(ls "$STATS")" ]; then
+		ktap_test_pass "the killed QEMU's devices are released ($((i / 10)).$((i % 10)) s)"
+	else
+		ktap_test_fail "the killed QEMU's devices are released: $(ls "$STATS")"
+	fi
+}
+
+# The guest's results become this test's TAP; other lines are comments.
+run_l2() {
+	local line vmpid seen=0 killed=0
+
+	truncate -s 64M "$IMG"
+	"$VBP_SELFTEST_DIR/vm-run" -q "$QEMU" -c 2 -m 1G -t 1500 -r \
+		-l "$L2CONSOLE" \
+		-a -device -a "vhost-blk-pci,backend=$NULLB_DEV,serial=e2e-null,num-queues=2,poll-us=$POLL_US" \
+		-a -device -a "vhost-blk-pci,backend=$IMG,serial=e2e-file" \
+		-a -virtfs -a "local,path=$STATS,mount_tag=vbpstats,security_model=none,readonly=on" \
+		-e "E2E_DISKS=e2e-null e2e-file" -e E2E_POLLED=e2e-null \
+		-- "$VBP_SELFTEST_DIR/vhost_blk_e2e_guest.sh" > "$L2LOG" 2>&1 &
+	vmpid=$!
+	while IFS= read -r line; do
+		case "$line" in
+		"e2e: ok "*)
+			seen=$((seen + 1))
+			ktap_test_pass "L2: ${line#e2e: ok }" ;;
+		"e2e: not ok "*)
+			seen=$((seen + 1))
+			ktap_test_fail "L2: ${line#e2e: not ok }" ;;
+		"e2e: kill the VMM now")
+			killed=1
+			kill_vmm ;;
+		*)
+			echo "# L2: $line" ;;
+		esac
+	done < <(tail -n +1 -F --pid=$vmpid "$L2LOG" 2>/dev/null)
+	wait $vmpid
+	echo "# L2's vm-run ended with $? (125: its QEMU was killed)"
+	[ "$seen" = "$L2_TESTS" ] ||
+		echo "# L2 reported $seen of its $L2_TESTS tests"
+	while [ "$seen" -lt "$L2_TESTS" ]; do
+		seen=$((seen + 1))
+		ktap_test_fail "L2: test $seen did not run"
+	done
+	if [ "$killed" = 0 ]; then
+		ktap_test_fail "guest I/O in flight when QEMU is killed"
+		ktap_test_fail "the killed QEMU's devices are released"
+	fi
+	if grep -E -q 'WARNING:|BUG:|Oops|Call Trace|hung_task|blocked for more' "$L2CONSOLE"; then
+		grep -E -A 10 'WARNING:|BUG:|Oops|Call Trace' "$L2CONSOLE" | sed 's/^/# /'
+		ktap_test_fail "L2's kernel log is clean"
+	else
+		ktap_test_pass "L2's kernel log is clean"
+	fi
+}
+
+# expect_error DESCRIPTION REGEX QEMU-ARG...: QEMU refuses to start and
+# says why.  It runs as the user run_as sets up, root when empty.
+run_as=()
+expect_error() {
+	local desc=$1 re=$2 out rc
+
+	shift 2
+	out=$(timeout 120 "${run_as[@]}" "$QEMU" -machine q35,accel=tcg -nodefaults \
+		-display none -S -monitor none "$@" </dev/null 2>&1)
+	rc=$?
+	echo "# $desc: $(head -n 1 <<< "$out")"
+	if [ "$rc" != 0 ] && [ "$rc" != 124 ] && grep -E -q -- "$re" <<< "$out"; then
+		ktap_test_pass "QEMU error: $desc"
+	else
+		ktap_test_fail "QEMU error: $desc (exit $rc)"
+	fi
+}
+
+# QEMU with -S and QMP on standard input: the commands given, then quit.
+qmp_session() {
+	local dev=$1
+
+	shift
+	{
+		echo '{"execute": "qmp_capabilities"}'
+		for c in "$@"; do
+			echo "$c"
+		done
+		echo '{"execute": "quit"}'
+	} | timeout 120 "$QEMU" -machine q35,accel=tcg -nodefaults -display none \
+		-S -qmp stdio -device "$dev" 2>&1
+}
+
+test_errors() {
+	local out
+
+	expect_error "module not loaded" \
+		"/dev/vhost-blk-poll does not exist: the host module is not loaded \(modprobe vhost_blk_poll\)" \
+		-device "vhost-blk-pci,backend=$IMG"
+	vbp_load_host || return 1
+	vbp_wait_for "$VBP_DEV"
+	expect_error "backend not given" "backend is mandatory" \
+		-device vhost-blk-pci
+	expect_error "backend missing" "backend '/nonexistent' does not exist" \
+		-device vhost-blk-pci,backend=/nonexistent
+	expect_error "backend not a disk" "'/dev/null' is neither a block device nor a regular file" \
+		-device vhost-blk-pci,backend=/dev/null
+	expect_error "num-queues=0" "num-queues must be between 1 and [0-9]+" \
+		-device "vhost-blk-pci,backend=$IMG,num-queues=0"
+	expect_error "queue-size=100" "queue-size must be a power of 2" \
+		-device "vhost-blk-pci,backend=$IMG,queue-size=100"
+	expect_error "poll-us=-2" "poll-us must be from 0 to" \
+		-device "vhost-blk-pci,backend=$IMG,poll-us=-2"
+	expect_error "poll-cpus=2-x" "poll-cpus '2-x' is not a list of host CPUs" \
+		-device "vhost-blk-pci,backend=$IMG,poll-cpus=2-x"
+	expect_error "poll-cpus=4096" "poll-cpus: the host has no CPU 4096" \
+		-device "vhost-blk-pci,backend=$IMG,poll-cpus=4096"
+	expect_error "serial too long" "serial must not be longer than 20" \
+		-device "vhost-blk-pci,backend=$IMG,serial=123456789012345678901"
+	expect_error "vhostfd not open" "vhostfd" \
+		-device "vhost-blk-pci,backend=$IMG,vhostfd=77"
+	# Without root: the device node, and a backend only root may open.
+	chmod 0600 "$IMG"
+	run_as=(setpriv --reuid=nobody --regid=nogroup --clear-groups)
+	expect_error "no permission for /dev/vhost-blk-poll" \
+		"/dev/vhost-blk-poll: permission denied .*vhostfd=" \
+		-device "vhost-blk-pci,backend=$IMG"
+	expect_error "no permission for the backend" \
+		"backend '$IMG': permission denied" \
+		-device "vhost-blk-pci,backend=$IMG,vhostfd=3" 3<>"$VBP_DEV"
+	run_as=()
+
+	# Started, with an inherited /dev/vhost-blk-poll, and migration is
+	# refused while the device exists.
+	out=$(qmp_session "vhost-blk-pci,backend=$NULLB_DEV,vhostfd=3,poll-cpus=0-1,poll-us=100" \
+		'{"execute": "migrate", "arguments": {"uri": "exec:cat >/dev/null"}}' \
+		3<>"$VBP_DEV")
+	echo "# $(grep -o '"desc": "[^"]*"' <<< "$out" | head -n 1)"
+	if grep -q 'vhost-blk does not support migration' <<< "$out"; then
+		ktap_test_pass "vhostfd= works, and migration is refused with the reason"
+	else
+		echo "$out" | sed 's/^/# /'
+		ktap_test_fail "vhostfd= works, and migration is refused with the reason"
+	fi
+}
+
+ktap_print_header
+# L2's, its kernel log, the kill (2), unload, null_blk, 13 errors, vhostfd
+ktap_set_plan $((L2_TESTS + 1 + 2 + 1 + 1 + 13 + 1))
+
+vbp_load_host || exit "$KSFT_FAIL"
+vbp_wait_for "$VBP_DEV" || exit "$KSFT_FAIL"
+nullb_create || { echo "# cannot create the null_blk"; exit "$KSFT_FAIL"; }
+
+run_l2
+
+if vbp_unload_host; then
+	ktap_test_pass "vhost_blk_poll unloads after its VMM was killed"
+else
+	ktap_test_fail "vhost_blk_poll unloads after its VMM was killed"
+	lsmod | sed 's/^/# /'
+fi
+if nullb_remove; then
+	ktap_test_pass "the backends are released: null_blk removed"
+else
+	ktap_test_fail "the backends are released: null_blk removed"
+fi
+nullb_create || exit "$KSFT_FAIL"
+test_errors
+vbp_loaded vhost_blk_poll && vbp_unload_host
+nullb_remove
+ktap_finished
