@@ -8,7 +8,7 @@
 #
 # CHECK_SUITES selects suites (default: all):
 #   vmrun      the VM runner's own tests: exit status, timeout, kernel
-#              reports and a dead guest fail a run, nested boot works
+#              reports and a dead guest fail a run, a guest may reboot
 #   kselftest  tools/testing/selftests/vhost_blk in one VM
 #   e2e        end to end, nested: QEMU with vhost-blk-pci (built by
 #              qemu/build.sh, cached) in a VM, its guest on vhost_blk_poll
@@ -90,9 +90,9 @@ suite_vmrun() {
 	expect_run "vm-run: the timeout stops a hung command" 124 'timeout' \
 		-t 40 -- sleep 100000
 	# shellcheck disable=SC2016 # expanded by the guest's shell
-	expect_run "vm-run: boots a nested VM from inside a VM" 0 '^nested-42$' \
-		-m 3G -t 1200 -- "$vmrun" -m 1G -t 1000 -- \
-		bash -c 'echo nested-$((6 * 7))'
+	expect_run "vm-run -r: the guest reboots and runs the command again" 0 \
+		'^boot-2$' -r -t 400 -- bash -c '[ "$VMRUN_BOOT" = 1 ] &&
+			{ echo b > /proc/sysrq-trigger; sleep 100; }; echo boot-$VMRUN_BOOT'
 	elapsed "vm-run suite" "$t0"
 }
 

@@ -32,7 +32,7 @@ BACKEND_SERIAL=demo-backend
 # Poll budget of the disk's virtqueues: L2 runs under emulation inside an
 # emulated machine, where the gap between two requests is far longer than
 # the module's default of 50 us (with KVM the default fits).
-POLL_US=${DEMO_POLL_US:-20000}
+POLL_US=${DEMO_POLL_US:-1000000}
 
 say() {
 	echo "demo: $*"
@@ -45,31 +45,28 @@ die() {
 
 # L2: virtio_blk_poll in poll mode, fio with verification, the counters.
 stage_l2() {
-	local b v r0 k0 s0 r1 k1 s1 i0 i1 out rd wr r
+	local b v q size mode r0 k0 s0 r1 k1 s1 i0 i1 out rd wr r
 
 	say "L2: booted; loading virtio_blk_poll mode=poll"
 	mkdir -p /run/vbpstats
 	mount -t 9p -o trans=virtio,version=9p2000.L,ro vbpstats /run/vbpstats ||
 		die "L2 cannot read the host module's counters"
 	vbp_load_guest mode=poll || die "cannot load virtio_blk_poll"
-	for _ in $(seq 100); do
-		for b in /sys/block/vbp*; do
-			[ "$(cat "$b/serial" 2>/dev/null)" = $SERIAL ] && break 2
-		done
-		sleep 0.1
-	done
-	[ "$(cat "$b/serial" 2>/dev/null)" = $SERIAL ] || die "no disk with serial $SERIAL"
-	b=$(basename "$b")
-	v=$(basename "$(readlink -f "/sys/block/$b/device")")
-	say "L2: /dev/$b: $(( $(cat "/sys/block/$b/size") / 2048 )) MiB," \
-	    "$(ls -d "/sys/block/$b/mq/"* | wc -l) queues, completion mode" \
-	    "$(cat "/sys/block/$b/completion_mode")"
+	# Shell builtins: each program started costs seconds in L2.
+	b=$(disk_by_serial vbp $SERIAL) || die "no disk with serial $SERIAL"
+	v=$(readlink -f "/sys/block/$b/device")
+	v=${v##*/}
+	q=("/sys/block/$b/mq/"*)
+	read -r size < "/sys/block/$b/size"
+	read -r mode < "/sys/block/$b/completion_mode"
+	say "L2: /dev/$b: $((size / 2048)) MiB, ${#q[@]} queue(s), completion mode $mode"
 	read -r r0 k0 s0 < <(counters)
 	i0=$(vq_irqs "$v")
-	say "L2: fio: 4 KiB random read/write, queue depth 16, 16 MiB, crc32c verification"
+	say "L2: fio: 4 KiB random read/write, queue depth 16, 2 MiB, crc32c verification"
 	out=$(fio --name=demo --filename="/dev/$b" --direct=1 --bs=4k \
-		--ioengine=libaio --iodepth=16 --rw=randrw --size=16M \
-		--verify=crc32c --verify_fatal=1 --output-format=terse \
+		--ioengine=libaio --iodepth=16 --rw=randrw --size=2M \
+		--verify=crc32c --verify_fatal=1 --verify_state_save=0 \
+		--output-format=terse \
 		--terse-version=3 2>&1) || { echo "$out"; die "fio or its verification failed"; }
 	i1=$(vq_irqs "$v")
 	read -r r1 k1 s1 < <(counters)
@@ -83,6 +80,23 @@ stage_l2() {
 	say "L2: $r requests, $((k1 - k0)) kicks, $((s1 - s0)) signals, $((i1 - i0)) vq interrupts"
 	vbp_unload_guest
 	say "L2: shutting down"
+}
+
+# disk_by_serial PREFIX SERIAL: the disk PREFIX* with that serial, once it
+# is there (up to 10 s).
+disk_by_serial() {
+	local b serial
+
+	for _ in $(seq 100); do
+		for b in /sys/block/"$1"*; do
+			serial=
+			[ -r "$b/serial" ] && read -r serial < "$b/serial"
+			[ "$serial" = "$2" ] && [ -b "/dev/${b##*/}" ] &&
+				{ echo "${b##*/}"; return 0; }
+		done
+		sleep 0.1
+	done
+	return 1
 }
 
 # "requests kicks signals" of the host module over every vring.
@@ -107,15 +121,8 @@ stage_l1() {
 	vbp_wait_for "$VBP_DEV" || die "no $VBP_DEV"
 	if [ -n "${DEMO_BACKEND:-}" ]; then
 		modprobe virtio_blk
-		for _ in $(seq 100); do
-			for b in /sys/block/vd*; do
-				[ "$(cat "$b/serial" 2>/dev/null)" = $BACKEND_SERIAL ] && break 2
-			done
-			sleep 0.1
-		done
-		[ "$(cat "$b/serial" 2>/dev/null)" = $BACKEND_SERIAL ] ||
-			die "DEMO_BACKEND is not in L1"
-		backend=/dev/$(basename "$b")
+		b=$(disk_by_serial vd $BACKEND_SERIAL) || die "DEMO_BACKEND is not in L1"
+		backend=/dev/$b
 		say "L1: backend $backend (DEMO_BACKEND=$DEMO_BACKEND)"
 	else
 		modprobe null_blk nr_devices=1 queue_mode=2 submit_queues=2 \
