@@ -132,7 +132,7 @@ stage_l1() {
 		say "L1: backend $backend (null_blk, 1 GiB in memory, 2 queues)"
 	fi
 	say "L1: starting L2: $(basename "$VBP_DEMO_QEMU") -device vhost-blk-pci,backend=$backend,num-queues=2,poll-us=$POLL_US"
-	"$st/vm-run" -q "$VBP_DEMO_QEMU" -c 2 -m 1G -t 1500 \
+	"$st/vm-run" -q "$VBP_DEMO_QEMU" -c 1 -m 1G -t 1500 \
 		-a -device -a "vhost-blk-pci,backend=$backend,serial=$SERIAL,num-queues=2,poll-us=$POLL_US" \
 		-a -virtfs -a "local,path=$STATS,mount_tag=vbpstats,security_model=none,readonly=on" \
 		-- "$here/demo.sh" l2
