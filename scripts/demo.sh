@@ -180,8 +180,8 @@ stage_host() {
 		esac
 	done < <(cd "$st" && "$st/vm-run" -c 2 -m 3G -t 2400 \
 		-e "VBP_DEMO_QEMU=$qemu" -e "DEMO_POLL_US=$POLL_US" "${args[@]}" \
-		-- "$here/demo.sh" l1 2>&1; echo "demo: vm-run exit $?")
-	if ! grep -q '^demo: vm-run exit 0$' "$log" || [ -z "$result" ]; then
+		-- "$here/demo.sh" l1 2>&1; echo "vm-run exit $?")
+	if ! grep -q '^vm-run exit 0$' "$log" || [ -z "$result" ]; then
 		tail -n 30 "$log"
 		die "see $log"
 	fi
