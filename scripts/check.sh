@@ -154,26 +154,15 @@ suite_kselftest() {
 	dargs+=(-a -device -a "pcie-root-port,id=vbp-rp,chassis=1")
 	vdisk vbp-hot 64M 1 :hot "" ",bus=vbp-rp"
 	log=$out/kselftest.log
-	(cd "$st" && "$vmrun" -c 2 -m 2G -t 2400 -Q "${dargs[@]}" \
+	run_logged "$log" "$vmrun" -c 2 -m 2G -t 2400 -Q "${dargs[@]}" \
 		-e "VBP_TEST_DISKS=${disks[*]}" \
 		-e "BASE_DIR=$VBP_ROOT/tools/testing/selftests" \
 		-- bash -c '. ../kselftest/runner.sh && run_many "$@"' run \
-		"${tests[@]/#/./}") > "$log" 2>&1 &
-	# Show the run as it goes, as comments of this TAP stream.
-	tail -n +1 -F --pid=$! "$log" 2>/dev/null | sed -u 's/^/# /'
-	wait $!
+		"${tests[@]/#/./}"
 	rc=$?
 	rm -rf "$imgs"
 	# One line per test here; the summary counts their subtests.
-	nocount=1
-	while read -r line; do
-		if [[ "$line" =~ ^ok\ [0-9]+\ selftests:\ ([^#]*)(#\ *(SKIP.*))? ]]; then
-			tap ok "kselftest: ${BASH_REMATCH[1]% }" "${BASH_REMATCH[3]}"
-		elif [[ "$line" =~ ^not\ ok\ [0-9]+\ selftests:\ ([^#]*)(#\ *(.*))? ]]; then
-			tap "not ok" "kselftest: ${BASH_REMATCH[1]% }" "${BASH_REMATCH[3]}"
-		fi
-	done < "$log"
-	nocount=0
+	tap_lines "$log" kselftest
 	counts=$(count_kselftest "$log")
 	read -r p f s <<< "$counts"
 	pass=$((pass + p))
@@ -183,6 +172,51 @@ suite_kselftest() {
 		tap "not ok" "kselftest: the VM ran to the end with a clean kernel log" "vm-run exit $rc"
 	fi
 	elapsed "kselftest suite" "$t0"
+}
+
+# run_logged LOG COMMAND...: run the command in the selftests' directory,
+# its output into LOG and shown as it comes as comments of this TAP stream;
+# returns the command's exit status.
+run_logged() {
+	local log=$1 pid
+
+	shift
+	(cd "$st" && "$@") > "$log" 2>&1 &
+	pid=$!
+	tail -n +1 -F --pid=$pid "$log" 2>/dev/null | sed -u 's/^/# /'
+	wait $pid
+}
+
+# tap_lines LOG NAME: the top-level results of the TAP in LOG as lines
+# "NAME: <test>" of this stream, not counted (the callers count subtests).
+tap_lines() {
+	local line
+
+	nocount=1
+	while read -r line; do
+		if [[ "$line" =~ ^(not\ )?ok\ [0-9]+\ (selftests:\ )?([^#]*)(#\ *(.*))?$ ]]; then
+			if [ -z "${BASH_REMATCH[1]}" ]; then
+				tap ok "$2: ${BASH_REMATCH[3]% }" "${BASH_REMATCH[5]}"
+			else
+				tap "not ok" "$2: ${BASH_REMATCH[3]% }" "${BASH_REMATCH[5]}"
+			fi
+		elif [[ "$line" =~ ^1\.\.0\ \#\ *(SKIP.*) ]]; then
+			tap ok "$2" "${BASH_REMATCH[1]}"
+		fi
+	done < "$1"
+	nocount=0
+}
+
+# The failed tests of every log with the lines before them, repeated at the
+# end of the output, where a shortened copy of it still shows them.
+failures() {
+	local log
+
+	for log in "$out"/*.log; do
+		grep -Eq '^(# )*not ok ' "$log" || continue
+		echo "# failures in $log:"
+		grep -E -B 12 '^(# )*not ok ' "$log" | tail -n 80 | sed 's/^/#   /'
+	done
 }
 
 # count_ktap LOG: "passed failed skipped" of the KTAP lines of one test.
@@ -208,24 +242,12 @@ suite_e2e() {
 	fi
 	tap ok "e2e: QEMU with vhost-blk-pci builds ($(( $(date +%s) - t0 )) s)"
 	log=$out/e2e.log
-	(cd "$st" && "$vmrun" -c 2 -m 3G -t 2400 -e "VBP_QEMU=$qemu" \
-		-- ./vhost_blk_e2e.sh) > "$log" 2>&1 &
-	tail -n +1 -F --pid=$! "$log" 2>/dev/null | sed -u 's/^/# /'
-	wait $!
+	run_logged "$log" "$vmrun" -c 2 -m 3G -t 2400 -e "VBP_QEMU=$qemu" \
+		-- ./vhost_blk_e2e.sh
 	rc=$?
 	read -r p f s <<< "$(count_ktap "$log")"
 	# One line per test of the nested run; those are counted below.
-	nocount=1
-	while read -r line; do
-		if [[ "$line" =~ ^ok\ [0-9]+\ ([^#]*)(#\ *(SKIP.*))? ]]; then
-			tap ok "e2e: ${BASH_REMATCH[1]% }" "${BASH_REMATCH[3]}"
-		elif [[ "$line" =~ ^not\ ok\ [0-9]+\ ([^#]*) ]]; then
-			tap "not ok" "e2e: ${BASH_REMATCH[1]% }"
-		elif [[ "$line" =~ ^1\.\.0\ \#\ *(SKIP.*) ]]; then
-			tap ok "e2e" "${BASH_REMATCH[1]}"
-		fi
-	done < "$log"
-	nocount=0
+	tap_lines "$log" e2e
 	pass=$((pass + p))
 	fail=$((fail + f))
 	skip=$((skip + s))
@@ -244,6 +266,7 @@ for s in $suites; do
 	*) tap "not ok" "suite $s" "no such suite" ;;
 	esac
 done
+[ "$fail" = 0 ] || failures
 echo "1..$num"
 echo "check: $pass passed, $fail failed, $skip skipped"
 [ "$fail" = 0 ]
