@@ -6,7 +6,8 @@
 #   make deps       install everything needed from Debian's archive (root)
 #   make check      run all tests in virtual machines
 #   make lint       checkpatch, W=1, sparse, kernel-doc and shellcheck
-#   make bench-host the host-side benchmark (build/bench/bench-host.*)
+#   make bench      every I/O path side by side, host and guests (build/bench/)
+#   make bench-host the host-side part of it alone (build/bench/bench-host.*)
 #   make qemu       QEMU with vhost-blk-pci (qemu/); prints the binary's path
 #   make demo       a guest doing verified I/O through vhost-blk-pci
 #
@@ -39,7 +40,7 @@ SELFTESTS := tools/testing/selftests/vhost_blk
 KSFT := $(MAKE) -C $(SELFTESTS) OUTPUT=$(CURDIR)/$(SELFTESTS) \
 	KHDR_INCLUDES="-isystem $(KSRC)/usr/include"
 
-.PHONY: all modules selftests ksrc deps check lint clean bench-host qemu demo
+.PHONY: all modules selftests ksrc deps check lint clean bench bench-host qemu demo
 
 all: modules selftests
 
@@ -62,10 +63,16 @@ check: all
 lint: ksrc
 	scripts/lint.sh
 
-# Figures, not tests: one VM, results in build/bench/.
+# Figures, not tests; results in build/bench/.  bench-host: the module under
+# the mini-VMM in one VM; bench: that, then native and every guest path on
+# the same backends in one nested run (scripts/bench.sh).
+bench: bench-host
+	@scripts/bench.sh
+
 bench-host: all
-	$(SELFTESTS)/vm-run -c 2 -m 2G -t 2400 -O $(BUILD)/bench -- \
-		$(SELFTESTS)/bench_host.sh
+	$(SELFTESTS)/vm-run -c 2 -m 2G -t 2400 -O $(BUILD)/bench \
+		$(foreach v,BENCH_SECONDS BENCH_POLL_US,$(if $($(v)),-e $(v)=$($(v)))) \
+		-- $(SELFTESTS)/bench_host.sh
 
 # Built once per QEMU source version and patch series, cached outside the
 # tree (qemu/build.sh).

@@ -26,7 +26,7 @@ st=$VBP_ROOT/tools/testing/selftests/vhost_blk
 # shellcheck source=tools/testing/selftests/vhost_blk/lib.sh
 . "$st/lib.sh"
 
-STATS=/sys/kernel/debug/vhost_blk_poll
+STATS_MNT=/run/vbpstats
 SERIAL=demo
 BACKEND_SERIAL=demo-backend
 # Poll budget of the disk's virtqueues: L2 runs under emulation inside an
@@ -48,28 +48,26 @@ stage_l2() {
 	local b v q size mode r0 k0 s0 r1 k1 s1 i0 i1 out rd wr r
 
 	say "L2: booted; loading virtio_blk_poll mode=poll"
-	mkdir -p /run/vbpstats
-	mount -t 9p -o trans=virtio,version=9p2000.L,ro vbpstats /run/vbpstats ||
+	vbp_stats_mount $STATS_MNT ||
 		die "L2 cannot read the host module's counters"
 	vbp_load_guest mode=poll || die "cannot load virtio_blk_poll"
 	# Shell builtins: each program started costs seconds in L2.
-	b=$(disk_by_serial vbp $SERIAL) || die "no disk with serial $SERIAL"
-	v=$(readlink -f "/sys/block/$b/device")
-	v=${v##*/}
+	b=$(vbp_disk_by_serial $SERIAL vbp) || die "no disk with serial $SERIAL"
+	v=$(vbp_virtio_of "$b")
 	q=("/sys/block/$b/mq/"*)
 	read -r size < "/sys/block/$b/size"
 	read -r mode < "/sys/block/$b/completion_mode"
 	say "L2: /dev/$b: $((size / 2048)) MiB, ${#q[@]} queue(s), completion mode $mode"
-	read -r r0 k0 s0 < <(counters)
-	i0=$(vq_irqs "$v")
+	read -r r0 k0 s0 < <(vbp_host_counters $STATS_MNT)
+	i0=$(vbp_vq_irqs "$v")
 	say "L2: fio: 4 KiB random read/write, queue depth 16, 2 MiB, crc32c verification"
 	out=$(fio --name=demo --filename="/dev/$b" --direct=1 --bs=4k \
 		--ioengine=libaio --iodepth=16 --rw=randrw --size=2M \
 		--verify=crc32c --verify_fatal=1 --verify_state_save=0 \
 		--output-format=terse \
 		--terse-version=3 2>&1) || { echo "$out"; die "fio or its verification failed"; }
-	i1=$(vq_irqs "$v")
-	read -r r1 k1 s1 < <(counters)
+	i1=$(vbp_vq_irqs "$v")
+	read -r r1 k1 s1 < <(vbp_host_counters $STATS_MNT)
 	read -r rd wr < <(awk -F';' 'NF > 50 { print $8, $49 }' <<< "$out")
 	r=$((r1 - r0))
 	[ "$r" -gt 0 ] || die "the host module counted no request"
@@ -82,36 +80,6 @@ stage_l2() {
 	say "L2: shutting down"
 }
 
-# disk_by_serial PREFIX SERIAL: the disk PREFIX* with that serial, once it
-# is there (up to 10 s).
-disk_by_serial() {
-	local b serial
-
-	for _ in $(seq 100); do
-		for b in /sys/block/"$1"*; do
-			serial=
-			[ -r "$b/serial" ] && read -r serial < "$b/serial"
-			[ "$serial" = "$2" ] && [ -b "/dev/${b##*/}" ] &&
-				{ echo "${b##*/}"; return 0; }
-		done
-		sleep 0.1
-	done
-	return 1
-}
-
-# "requests kicks signals" of the host module over every vring.
-counters() {
-	cat /run/vbpstats/*/stats | awk '$1 ~ /^[0-9]+$/ {
-		r += $2; k += $3; s += $4 } END { print r + 0, k + 0, s + 0 }'
-}
-
-# The vq interrupts of virtio device $1.
-vq_irqs() {
-	awk -v d="$1-req." 'index($NF, d) == 1 {
-		for (i = 2; i < NF; i++) if ($i ~ /^[0-9]+$/) n += $i
-	} END { print n + 0 }' /proc/interrupts
-}
-
 # L1: the module, the backend, and L2 on vhost-blk-pci.
 stage_l1() {
 	local backend b rc
@@ -121,7 +89,7 @@ stage_l1() {
 	vbp_wait_for "$VBP_DEV" || die "no $VBP_DEV"
 	if [ -n "${DEMO_BACKEND:-}" ]; then
 		modprobe virtio_blk
-		b=$(disk_by_serial vd $BACKEND_SERIAL) || die "DEMO_BACKEND is not in L1"
+		b=$(vbp_disk_by_serial $BACKEND_SERIAL vd) || die "DEMO_BACKEND is not in L1"
 		backend=/dev/$b
 		say "L1: backend $backend (DEMO_BACKEND=$DEMO_BACKEND)"
 	else
@@ -134,7 +102,7 @@ stage_l1() {
 	say "L1: starting L2: $(basename "$VBP_DEMO_QEMU") -device vhost-blk-pci,backend=$backend,num-queues=2,poll-us=$POLL_US"
 	"$st/vm-run" -q "$VBP_DEMO_QEMU" -c 1 -m 1G -t 1500 \
 		-a -device -a "vhost-blk-pci,backend=$backend,serial=$SERIAL,num-queues=2,poll-us=$POLL_US" \
-		-a -virtfs -a "local,path=$STATS,mount_tag=vbpstats,security_model=none,readonly=on" \
+		-a -virtfs -a "$(vbp_stats_share)" \
 		-- "$here/demo.sh" l2
 	rc=$?
 	[ "$rc" = 0 ] || die "L2 ended with $rc"
@@ -170,7 +138,7 @@ stage_host() {
 		      -a -device -a "virtio-blk-pci,drive=backend,serial=$BACKEND_SERIAL"
 		      -e "DEMO_BACKEND=$DEMO_BACKEND")
 	fi
-	progress "booting L1 (this machine's kernel and root, $(accel_name)); L2 boots inside it"
+	progress "booting L1 (this machine's kernel and root, $(accel_name "$("$st/vm-run" --accel)")); L2 boots inside it"
 	while IFS= read -r line; do
 		echo "$line" >> "$log"
 		case "$line" in
@@ -190,11 +158,10 @@ stage_host() {
 }
 
 accel_name() {
-	if [ -w /dev/kvm ]; then
-		echo "KVM"
-	else
-		echo "software emulation: several minutes"
-	fi
+	case "$1" in
+	kvm) echo "KVM" ;;
+	*) echo "software emulation: several minutes" ;;
+	esac
 }
 
 case "${1:-}" in

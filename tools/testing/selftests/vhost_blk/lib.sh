@@ -45,6 +45,101 @@ vbp_wait_for() {
 	return 1
 }
 
+# vbp_nap SECONDS: sleep without starting a program (each one started costs
+# seconds in a nested, emulated guest).
+vbp_nap() {
+	[ -n "${_vbp_nap_fd:-}" ] || exec {_vbp_nap_fd}<> <(:)
+	read -r -t "$1" -u "$_vbp_nap_fd" || true
+}
+
+# vbp_find_disk SERIAL [PREFIX]: the name of the disk (PREFIX*, any disk by
+# default) with that serial.
+vbp_find_disk() {
+	local b serial
+
+	for b in /sys/block/"${2:-}"*; do
+		serial=
+		[ -r "$b/serial" ] && read -r serial < "$b/serial"
+		[ "$serial" = "$1" ] && { echo "${b##*/}"; return 0; }
+	done
+	return 1
+}
+
+# vbp_disk_by_serial SERIAL [PREFIX]: the same, once the disk and its device
+# node are there (up to 10 s).
+vbp_disk_by_serial() {
+	local b
+
+	for _ in {1..100}; do
+		b=$(vbp_find_disk "$@") && [ -b "/dev/$b" ] && { echo "$b"; return 0; }
+		vbp_nap 0.1
+	done
+	return 1
+}
+
+# vbp_virtio_of DISK: the virtio device (virtioN) under a disk.
+vbp_virtio_of() {
+	(cd -P "/sys/block/$1/device" 2>/dev/null && echo "${PWD##*/}")
+}
+
+# vbp_vq_irqs [VIRTIO_DEV...]: interrupts taken by the request virtqueues of
+# these virtio devices (virtioN), of every virtio device without argument.
+vbp_vq_irqs() {
+	local n=0 ncpu f v x i
+
+	{
+		read -r -a f
+		ncpu=${#f[@]}
+		while read -r -a f; do
+			[[ "${f[-1]}" == virtio*-req.* ]] || continue
+			if [ $# -gt 0 ]; then
+				for v in "$@"; do
+					[[ "${f[-1]}" == "$v-req."* ]] && break
+				done
+				[[ "${f[-1]}" == "$v-req."* ]] || continue
+			fi
+			for ((i = 1; i <= ncpu; i++)); do
+				x=${f[i]}
+				[[ "$x" =~ ^[0-9]+$ ]] && n=$((n + x))
+			done
+		done
+	} < /proc/interrupts
+	echo "$n"
+}
+
+# The host module's counters (one directory per device, a line per vring),
+# and how a guest of vm-run reads them: the VM that runs vhost_blk_poll
+# shares the directory over 9p (vm-run -a -virtfs -a "$(vbp_stats_share)")
+# and the guest mounts it (vbp_stats_mount DIR).
+VBP_STATS=/sys/kernel/debug/vhost_blk_poll
+VBP_STATS_TAG=vbpstats
+
+vbp_stats_share() {
+	echo "local,path=$VBP_STATS,mount_tag=$VBP_STATS_TAG,security_model=none,readonly=on"
+}
+
+vbp_stats_mount() {
+	[ -d "$1" ] || mkdir -p "$1" || return
+	mount -t 9p -o trans=virtio,version=9p2000.L,ro "$VBP_STATS_TAG" "$1"
+}
+
+# vbp_host_counters DIR [POLL_US]: "requests kicks signals" summed over the
+# vrings of every device in DIR ($VBP_STATS or its mount in a guest), or
+# over those polled with a budget of POLL_US.
+vbp_host_counters() {
+	local f vq req kicks sig poll r=0 k=0 s=0
+
+	for f in "$1"/*/stats; do
+		[ -r "$f" ] || continue
+		while read -r vq req kicks sig _ _ _ _ poll _; do
+			[[ "$vq" =~ ^[0-9]+$ ]] || continue
+			[ -n "${2:-}" ] && [ "$poll" != "$2" ] && continue
+			r=$((r + req)) k=$((k + kicks)) s=$((s + sig))
+		done < "$f"
+	done
+	echo "$r $k $s"
+}
+
 vbp_require_root() {
 	if [ "$(id -u)" -ne 0 ]; then
 		ktap_skip_all "needs root"

@@ -20,7 +20,6 @@ if [ ! -x "$QEMU" ] || ! "$QEMU" -device help 2>/dev/null | grep -q '"vhost-blk-
 	exit "$KSFT_SKIP"
 fi
 
-STATS=/sys/kernel/debug/vhost_blk_poll
 # One vCPU: the guest's vCPU threads, its QEMU and the module's workers
 # share this VM's two.
 L2_CPUS=1
@@ -59,8 +58,10 @@ nullb_remove() {
 }
 
 host_requests() {
-	cat "$STATS"/*/stats 2>/dev/null |
-		awk '$1 ~ /^[0-9]+$/ { r += $2 } END { print r + 0 }'
+	local r
+
+	read -r r _ < <(vbp_host_counters "$VBP_STATS")
+	echo "$r"
 }
 
 # The guest keeps writing; kill its QEMU with SIGKILL and check that the
@@ -81,13 +82,13 @@ kill_vmm() {
 		ktap_test_fail "guest I/O in flight when QEMU is killed"
 	fi
 	for i in $(seq 100); do
-		[ -z "$(ls "$STATS")" ] && break
+		[ -z "$(ls "$VBP_STATS")" ] && break
 		sleep 0.1
 	done
-	if [ -z "$(ls "$STATS")" ]; then
+	if [ -z "$(ls "$VBP_STATS")" ]; then
 		ktap_test_pass "the killed QEMU's devices are released ($((i / 10)).$((i % 10)) s)"
 	else
-		ktap_test_fail "the killed QEMU's devices are released: $(ls "$STATS")"
+		ktap_test_fail "the killed QEMU's devices are released: $(ls "$VBP_STATS")"
 	fi
 }
 
@@ -100,7 +101,7 @@ run_l2() {
 		-l "$L2CONSOLE" \
 		-a -device -a "vhost-blk-pci,backend=$NULLB_DEV,serial=e2e-null,num-queues=2,poll-us=$POLL_US" \
 		-a -device -a "vhost-blk-pci,backend=$IMG,serial=e2e-file" \
-		-a -virtfs -a "local,path=$STATS,mount_tag=vbpstats,security_model=none,readonly=on" \
+		-a -virtfs -a "$(vbp_stats_share)" \
 		-e "E2E_DISKS=e2e-null e2e-file" -e E2E_POLLED=e2e-null \
 		-e "E2E_POLL_US=$POLL_US" \
 		-- "$VBP_SELFTEST_DIR/vhost_blk_e2e_guest.sh" > "$L2LOG" 2>&1 &

@@ -8,8 +8,8 @@
 #
 # E2E_DISKS names the disks by serial, the last one file-backed; E2E_POLLED
 # is the disk whose virtqueues the host polls with a budget of E2E_POLL_US.
-# The module's counters of the host are in the 9p share "vbpstats" (its
-# debugfs directory), mounted here to read them.
+# The module's counters of the host are in its 9p share of them (lib.sh:
+# vbp_stats_share), mounted here to read them.
 #
 # The first boot (VMRUN_BOOT=1) checks the stock virtio_blk driver, then
 # virtio_blk_poll in poll mode, writes a marker and reboots the guest; the
@@ -54,24 +54,13 @@ run() {
 # DISK[serial]: the disk (vdX or vbpN) of each serial.
 declare -A DISK
 find_disks() {
-	local s b serial missing
+	local s
 
-	for _ in $($bb seq 100); do
-		DISK=()
-		for b in /sys/block/*; do
-			serial=
-			[ -r "$b/serial" ] && read -r serial < "$b/serial"
-			[ -n "$serial" ] && [ -b "/dev/${b##*/}" ] && DISK[$serial]=${b##*/}
-		done
-		missing=
-		for s in "${DISKS[@]}"; do
-			[ -n "${DISK[$s]:-}" ] || missing=$s
-		done
-		[ -z "$missing" ] && return 0
-		$bb sleep 0.1
+	DISK=()
+	for s in "${DISKS[@]}"; do
+		DISK[$s]=$(vbp_disk_by_serial "$s") ||
+			{ echo "no disk with serial $s"; return 1; }
 	done
-	echo "no disk with serial $missing"
-	return 1
 }
 
 attr() {
@@ -157,36 +146,14 @@ check_discard_flush() {
 	return $ok
 }
 
-# "requests kicks signals" of the vrings the host polls with POLL_US.
-host_counters() {
-	local f vq req kicks sig rest r=0 k=0 s=0 poll
-
-	for f in "$STATS"/*/stats; do
-		while read -r vq req kicks sig _ _ _ _ poll rest; do
-			if ! [[ "$vq" =~ ^[0-9]+$ ]] || [ "$poll" != "$POLL_US" ]; then
-				continue
-			fi
-			r=$((r + req)) k=$((k + kicks)) s=$((s + sig))
-		done < "$f"
-	done
-	echo "$r $k $s"
-}
-
 # Interrupts taken by the request virtqueues of every disk.
 vq_irqs() {
-	local s v n=0 line f
+	local s v=()
 
 	for s in "${DISKS[@]}"; do
-		v=$($bb readlink -f "/sys/block/${DISK[$s]}/device")
-		v=${v##*/}
-		while read -r -a f; do
-			[[ "${f[-1]}" == "$v-req."* ]] || continue
-			for line in "${f[@]:1}"; do
-				[[ "$line" =~ ^[0-9]+$ ]] && n=$((n + line))
-			done
-		done < /proc/interrupts
+		v+=("$(vbp_virtio_of "${DISK[$s]}")")
 	done
-	echo "$n"
+	vbp_vq_irqs "${v[@]}"
 }
 
 # virtio_blk_poll in poll mode: the verified fio on every disk, with the
@@ -197,11 +164,11 @@ check_polled_fio() {
 
 	find_disks || return 1
 	[ "$(attr "${DISK[$POLLED]}" completion_mode)" = poll ] || return 1
-	read -r -a h0 < <(host_counters)
+	read -r -a h0 < <(vbp_host_counters "$STATS" "$POLL_US")
 	i0=$(vq_irqs)
 	verify_fio || return 1
 	i1=$(vq_irqs)
-	read -r -a h1 < <(host_counters)
+	read -r -a h1 < <(vbp_host_counters "$STATS" "$POLL_US")
 	r=$((h1[0] - h0[0]))
 	k=$((h1[1] - h0[1]))
 	s=$((h1[2] - h0[2]))
@@ -241,8 +208,7 @@ load_poll() {
 	check_disks
 }
 
-$bb mkdir -p "$STATS"
-mount -t 9p -o trans=virtio,version=9p2000.L,ro vbpstats "$STATS" ||
+vbp_stats_mount "$STATS" ||
 	{ echo "e2e: cannot mount the host's counters"; exit 1; }
 
 case "${VMRUN_BOOT:-1}" in

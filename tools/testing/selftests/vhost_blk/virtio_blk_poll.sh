@@ -72,29 +72,6 @@ driver_of() {
 	basename "$(readlink "/sys/bus/virtio/devices/$1/driver" 2>/dev/null)"
 }
 
-# Name of our disk (vbpN) whose serial is $1.
-disk_of() {
-	local b
-
-	for b in /sys/block/vbp*; do
-		[ -e "$b/serial" ] || continue
-		[ "$(cat "$b/serial" 2>/dev/null)" = "$1" ] && { basename "$b"; return 0; }
-	done
-	return 1
-}
-
-# The virtio device (virtioN) under disk $1.
-vdev_of() {
-	basename "$(readlink -f "/sys/block/$1/device")"
-}
-
-# Interrupts taken by the request virtqueues of virtio device $1.
-vq_irqs() {
-	awk -v d="$1-req." 'index($NF, d) == 1 {
-		for (i = 2; i < NF; i++) if ($i ~ /^[0-9]+$/) n += $i
-	} END { print n + 0 }' /proc/interrupts
-}
-
 # Requests the disk completed (reads + writes + discards + flushes).
 disk_ios() {
 	awk '{ print $1 + $5 + $12 + $16 }' "/sys/block/$1/stat"
@@ -121,13 +98,13 @@ wait_disks() {
 
 	for _ in $(seq 100); do
 		for s in "${DISKS[@]}"; do
-			b=$(disk_of "$s") || continue 2
+			b=$(vbp_find_disk "$s" vbp) || continue 2
 			node_ready "$b" || continue 2
 		done
 		return 0
 	done
 	for s in "${DISKS[@]}"; do
-		b=$(disk_of "$s") || { echo "# no disk with serial $s"; continue; }
+		b=$(vbp_find_disk "$s" vbp) || { echo "# no disk with serial $s"; continue; }
 		node_ready "$b" || echo "# /dev/$b is not $(cat "/sys/block/$b/dev")"
 	done
 	return 1
@@ -152,7 +129,7 @@ test_config() {
 	local s b line q topo ok=0
 
 	for s in "${DISKS[@]}"; do
-		b=$(disk_of "$s") || return 1
+		b=$(vbp_find_disk "$s" vbp) || return 1
 		line=$(dmesg | grep " $b: .* sectors" | tail -1)
 		echo "# $s: ${line#*] }"
 		[[ "$line" =~ ([0-9]+)\ virtqueues ]] || return 1
@@ -179,7 +156,7 @@ test_serial() {
 	local s b
 
 	for s in "${DISKS[@]}"; do
-		b=$(disk_of "$s") || { echo "# no disk with serial $s"; return 1; }
+		b=$(vbp_find_disk "$s" vbp) || { echo "# no disk with serial $s"; return 1; }
 		echo "# $b: serial '$(cat "/sys/block/$b/serial")'"
 	done
 }
@@ -190,7 +167,7 @@ test_map() {
 	local s b q cpus
 
 	s=$(disk_with '!ro') || return 1
-	b=$(disk_of "$s") || return 1
+	b=$(vbp_find_disk "$s" vbp) || return 1
 	for q in /sys/block/"$b"/mq/*; do
 		cpus=$(cat "$q/cpu_list")
 		echo "# $b hctx $(basename "$q"): CPUs $cpus"
@@ -212,7 +189,7 @@ test_params() {
 		fi
 	done
 	load || return 1
-	b=$(disk_of "${DISKS[0]}") || return 1
+	b=$(vbp_find_disk "${DISKS[0]}" vbp) || return 1
 	if echo bogus > "/sys/block/$b/completion_mode" 2>/dev/null; then
 		echo "# completion_mode bogus accepted"
 		ok=1
@@ -263,12 +240,12 @@ fio_run() {
 mode_run() {
 	local s=$1 mode=$2 b dev v i0 n0 i1 n1 qd1 irqs ios
 
-	b=$(disk_of "$s") || return 1
+	b=$(vbp_find_disk "$s" vbp) || return 1
 	dev=/dev/$b
-	v=$(vdev_of "$b")
+	v=$(vbp_virtio_of "$b")
 	echo "$mode" > "/sys/block/$b/completion_mode" || return 1
 	[ "$(cat "/sys/block/$b/completion_mode")" = "$mode" ] || return 1
-	i0=$(vq_irqs "$v")
+	i0=$(vbp_vq_irqs "$v")
 	n0=$(disk_ios "$b")
 	read -r _ w < <(fio_run "$dev" --rw=randwrite --iodepth=16 \
 		--ioengine=libaio --numjobs=2 --size="$FIO_SIZE" \
@@ -276,7 +253,7 @@ mode_run() {
 		--verify_fatal=1) || { echo "# $mode: fio verify failed"; return 1; }
 	read -r qd1 _ < <(fio_run "$dev" --rw=randread --iodepth=1 \
 		--ioengine=psync --time_based --runtime=2) || return 1
-	i1=$(vq_irqs "$v")
+	i1=$(vbp_vq_irqs "$v")
 	n1=$(disk_ios "$b")
 	irqs=$((i1 - i0))
 	ios=$((n1 - n0))
@@ -312,7 +289,7 @@ test_mode_poll() {
 	for s in $(io_disks); do
 		mode_run "$s" poll || return 1
 		[ "$MODE_IRQS" = 0 ] || { echo "# poll mode took $MODE_IRQS interrupts"; return 1; }
-		b=$(disk_of "$s")
+		b=$(vbp_find_disk "$s" vbp)
 		[ "$(dbg_sum "$b" poller)" -gt 0 ] || { echo "# poller reaped nothing"; return 1; }
 	done
 }
@@ -329,7 +306,7 @@ test_mode_hybrid() {
 test_idle() {
 	local b t0 t1 pid
 
-	b=$(disk_of "$(disk_with '!ro')") || return 1
+	b=$(vbp_find_disk "$(disk_with '!ro')" vbp) || return 1
 	echo poll > "/sys/block/$b/completion_mode" || return 1
 	dd if="/dev/$b" of=/dev/null bs=4k count=256 iflag=direct 2>/dev/null || return 1
 	sleep 0.5
@@ -353,7 +330,7 @@ test_iopoll() {
 	[ "${QUEUES[$s]}" -ge 2 ] || { echo "# SKIP needs a disk with 2 queues"; return 4; }
 	vbp_unload_guest || return 1
 	load poll_queues=1 || return 1
-	b=$(disk_of "$s") || return 1
+	b=$(vbp_find_disk "$s" vbp) || return 1
 	pq=$(awk '$2 == "poll"' "$DBG/$b/queues" | wc -l)
 	[ "$pq" = 1 ] || { echo "# $pq poll queues"; ok=1; }
 	[ "$(cat "/sys/block/$b/queue/io_poll")" = 1 ] || { echo "# io_poll off"; ok=1; }
@@ -362,7 +339,7 @@ test_iopoll() {
 		>/dev/null || { echo "# io_uring hipri fio failed"; ok=1; }
 	sed 's/^/#   /' "$DBG/$b/queues"
 	[ "$(dbg_sum "$b" blk_poll)" -gt 0 ] || { echo "# ->poll reaped nothing"; ok=1; }
-	grep -q "$(vdev_of "$b")-poll" /proc/interrupts &&
+	grep -q "$(vbp_virtio_of "$b")-poll" /proc/interrupts &&
 		{ echo "# a poll queue has an interrupt"; ok=1; }
 	vbp_unload_guest || return 1
 	load || return 1
@@ -373,7 +350,7 @@ test_discard() {
 	local s b dev max ok=0
 
 	s=$(disk_with '!ro') || return 1
-	b=$(disk_of "$s") || return 1
+	b=$(vbp_find_disk "$s" vbp) || return 1
 	dev=/dev/$b
 	max=$(cat "/sys/block/$b/queue/discard_max_bytes")
 	echo "# $b: discard_max_bytes $max, write_zeroes_max_bytes $(cat "/sys/block/$b/queue/write_zeroes_max_bytes")"
@@ -396,7 +373,7 @@ test_discard() {
 test_flush() {
 	local b dev wc ok=0
 
-	b=$(disk_of "$(disk_with '!ro')") || return 1
+	b=$(vbp_find_disk "$(disk_with '!ro')" vbp) || return 1
 	dev=/dev/$b
 	wc=/sys/block/$b/queue/write_cache
 	echo "# $b: cache_type '$(cat "/sys/block/$b/cache_type")', write_cache '$(cat "$wc")'"
@@ -416,7 +393,7 @@ test_readonly() {
 	local s b ok=0
 
 	s=$(disk_with ro) || { echo "# SKIP no read-only disk"; return 4; }
-	b=$(disk_of "$s") || return 1
+	b=$(vbp_find_disk "$s" vbp) || return 1
 	[ "$(blockdev --getro "/dev/$b")" = 1 ] || { echo "# not read-only"; ok=1; }
 	dd if="/dev/$b" of=/dev/null bs=64k count=16 iflag=direct 2>/dev/null ||
 		{ echo "# read failed"; ok=1; }
@@ -447,7 +424,7 @@ test_resize() {
 
 	[ -n "${VMRUN_QMP:-}" ] || { echo "# SKIP no QMP channel (vm-run -Q)"; return 4; }
 	s=$(disk_with resize) || { echo "# SKIP no resizable disk"; return 4; }
-	b=$(disk_of "$s") || return 1
+	b=$(vbp_find_disk "$s" vbp) || return 1
 	size=$(cat "/sys/block/$b/size")
 	want=$((size * 2))
 	uevents > /tmp/uevents 2>&1 &
@@ -477,7 +454,7 @@ test_resize() {
 test_fs() {
 	local b dev ok=0
 
-	b=$(disk_of "$(disk_with '!ro')") || return 1
+	b=$(vbp_find_disk "$(disk_with '!ro')" vbp) || return 1
 	dev=/dev/$b
 	echo hybrid > "/sys/block/$b/completion_mode" || return 1
 	modprobe ext4 || return 1
@@ -501,7 +478,7 @@ test_fs() {
 test_unload_busy() {
 	local b pid ok=0
 
-	b=$(disk_of "$(disk_with '!ro')") || return 1
+	b=$(vbp_find_disk "$(disk_with '!ro')" vbp) || return 1
 	fio --name=u --filename="/dev/$b" --rw=randread --bs=4k --direct=1 \
 		--ioengine=libaio --iodepth=4 --time_based --runtime=20 >/dev/null 2>&1 &
 	pid=$!
@@ -530,8 +507,8 @@ test_bad_device() {
 	for s in $(io_disks); do
 		[ "${QUEUES[$s]}" = 1 ] && break
 	done
-	b=$(disk_of "$s") || return 1
-	v=$(vdev_of "$b")
+	b=$(vbp_find_disk "$s" vbp) || return 1
+	v=$(vbp_virtio_of "$b")
 	[ -e "$DBG/$b/inject" ] ||
 		{ echo "# SKIP built without CONFIG_VIRTIO_BLK_POLL_FAULT_INJECTION"; return 4; }
 	if echo "0 bogus" > "$DBG/$b/inject" 2>/dev/null; then
@@ -554,7 +531,7 @@ test_bad_device() {
 	# A bad used id, or a used index running ahead: the device is broken,
 	# its I/O fails, nothing hangs; rebinding resets it and it works.
 	for f in id idx; do
-		b=$(disk_of "$s") || return 1
+		b=$(vbp_find_disk "$s" vbp) || return 1
 		dmesg -C
 		echo "0 $f" > "$DBG/$b/inject" || return 1
 		read1 "$b"
@@ -571,7 +548,7 @@ test_bad_device() {
 		echo "$v" > $DRV/unbind || return 1
 		echo "$v" > $DRV/bind || return 1
 		wait_disks || return 1
-		b=$(disk_of "$s") || return 1
+		b=$(vbp_find_disk "$s" vbp) || return 1
 		dd if=/dev/urandom of=/tmp/bad.pat bs=64k count=4 2>/dev/null
 		if ! dd if=/tmp/bad.pat of="/dev/$b" bs=64k oflag=direct 2>/dev/null ||
 		   ! cmp -n 262144 /tmp/bad.pat "/dev/$b"; then
@@ -587,8 +564,8 @@ test_unplug() {
 
 	[ -n "${VMRUN_QMP:-}" ] || { echo "# SKIP no QMP channel (vm-run -Q)"; return 4; }
 	s=$(disk_with hot) || { echo "# SKIP no hot-pluggable disk"; return 4; }
-	b=$(disk_of "$s") || return 1
-	v=$(vdev_of "$b")
+	b=$(vbp_find_disk "$s" vbp) || return 1
+	v=$(vbp_virtio_of "$b")
 	echo poll > "/sys/block/$b/completion_mode" || return 1
 	w0=$(awk '{ print $5 }' "/sys/block/$b/stat")
 	fio --name=h --filename="/dev/$b" --rw=randwrite --bs=4k --direct=1 \

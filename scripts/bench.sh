@@ -1,0 +1,335 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# make bench: guest I/O side by side with the host and with QEMU's own
+# block paths, every path on the same backends in one run.
+#
+# Boots a VM (L1) with this machine's kernel and root file system, loads
+# vhost_blk_poll there and makes two backends: a multi-queue null_blk and a
+# raw file on tmpfs.  fio measures them in L1 (native), then one guest (L2)
+# of the patched QEMU (make qemu) gets each backend three times:
+#   vhost-blk-pci              served by vhost_blk_poll; L2 drives it with
+#                              virtio_blk_poll in poll and in hybrid mode,
+#                              and with the stock virtio_blk
+#   virtio-blk-pci             QEMU's own device, an iothread, aio=native
+#   vhost-user-blk-pci         served by qemu-storage-daemon (aio=native)
+# and fio measures each with the stock virtio_blk (and vhost-blk-pci with
+# virtio_blk_poll too).  Workloads: 4 KiB random read and random write at
+# queue depth 1 and 32 with 1 and 2 jobs, and 64 KiB sequential read at
+# queue depth 32, BENCH_SECONDS (default 5) each.  Around every fio job a
+# snapshot records L1's CPU time, the host module's counters and L2's
+# virtqueue interrupts; scripts/bench_report.py turns fio's results and the
+# snapshots into build/bench/bench.{json,md,png}.
+#
+# Under software emulation L2 runs emulated inside an emulated machine: its
+# figures are those of this setup, not of a real host.  With KVM (the VMs
+# use it when /dev/kvm is usable) the same run gives real ones.
+#
+# The same script runs each stage: without argument on this machine, with
+# "l1" in L1 and with "l2" in L2.
+
+set -uo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=scripts/env.sh
+. "$here/env.sh"
+st=$VBP_ROOT/tools/testing/selftests/vhost_blk
+# shellcheck source=tools/testing/selftests/vhost_blk/lib.sh
+. "$st/lib.sh"
+
+SECS=${BENCH_SECONDS:-5}
+# The region of each backend the jobs use.
+SIZE_MB=512
+# workload: rw:block size:queue depth:jobs
+WORKLOADS="randread:4k:1:1 randread:4k:1:2 randread:4k:32:1 randread:4k:32:2
+randwrite:4k:1:1 randwrite:4k:1:2 randwrite:4k:32:1 randwrite:4k:32:2
+read:64k:32:1"
+BACKENDS="null file"
+# Where L2's devices sit on its PCI bus: slot of each path and backend.
+declare -A SLOT=(
+	[vhost-blk.null]=10 [vhost-blk.file]=11
+	[virtio-blk.null]=12 [virtio-blk.file]=13
+	[vhost-user-blk.null]=14 [vhost-user-blk.file]=15
+)
+L1_PROC=/run/l1proc
+L1_PROC_TAG=l1proc
+STATS_MNT=/run/vbpstats
+
+# Time limit of L2 (seconds): its boot, then fio's jobs (five runs, two
+# backends each), each up to a minute beyond its run time in a nested,
+# emulated guest.  L1 has 20 minutes more for its own boot and runs.
+l2_timeout() {
+	echo $((900 + 5 * 2 * $(wc -w <<< "$WORKLOADS") * (SECS + 60)))
+}
+
+say() {
+	echo "bench: $*"
+}
+
+die() {
+	echo "bench: FAILED: $*"
+	exit 1
+}
+
+# The snapshot fio takes before and after each job (exec_prerun and
+# exec_postrun; fio keeps its output in <job>.prerun.txt and
+# <job>.postrun.txt): L1's uptime and CPU times, the host module's
+# counters, and the virtqueue interrupts of this machine.  Run by the static
+# busybox with its builtins only (a program start costs seconds in L2); the
+# clock and CPU times are read last before the job and first after it.
+write_snapshot() {
+	cat > "$1" <<EOF
+#!/bin/busybox sh
+clock() {
+	read -r up _ < $2/uptime
+	echo "uptime \$up"
+	read -r cpu < $2/stat
+	echo "\$cpu"
+}
+mode=\$1
+[ "\$mode" = post ] && clock
+r=0 k=0 s=0
+for f in $3/*/stats; do
+	[ -r "\$f" ] || continue
+	while read -r vq req kick sig _; do
+		case "\$vq" in *[!0-9]*|"") continue ;; esac
+		r=\$((r + req)) k=\$((k + kick)) s=\$((s + sig))
+	done < "\$f"
+done
+echo "host \$r \$k \$s"
+n=0
+{
+	read -r head
+	set -- \$head
+	ncpu=\$#
+	while read -r _ rest; do
+		case "\$rest" in *virtio*-req.*) ;; *) continue ;; esac
+		set -- \$rest
+		i=0
+		while [ \$i -lt \$ncpu ]; do
+			n=\$((n + \$1))
+			shift
+			i=\$((i + 1))
+		done
+	done
+} < /proc/interrupts
+echo "irqs \$n"
+[ "\$mode" = pre ] && clock
+exit 0
+EOF
+}
+
+# run_fio PATH-LABEL DIR BACKEND=DEVICE...: one fio run, a job per backend
+# and workload one after the other, results and snapshots in DIR.
+run_fio() {
+	local label=$1 dir=$2 jobs=$2/jobs.fio bd w rw bs qd nj snap
+
+	shift 2
+	mkdir -p "$dir" || return 1
+	snap=$dir/snapshot.sh
+	write_snapshot "$snap" "$PROC" "$STATS_DIR"
+	{
+		echo "[global]"
+		echo "ioengine=libaio"
+		echo "direct=1"
+		echo "time_based=1"
+		echo "runtime=$SECS"
+		echo "size=${SIZE_MB}m"
+		echo "group_reporting=1"
+		echo "lat_percentiles=1"
+		echo "randrepeat=0"
+		echo "thread=1"
+		echo "exec_prerun=/bin/busybox sh $snap pre"
+		echo "exec_postrun=/bin/busybox sh $snap post"
+		for bd in "$@"; do
+			for w in $WORKLOADS; do
+				IFS=: read -r rw bs qd nj <<< "$w"
+				echo "[$label.${bd%%=*}.$rw-$bs-qd$qd-j$nj]"
+				echo "stonewall"
+				echo "filename=${bd#*=}"
+				echo "rw=$rw"
+				echo "bs=$bs"
+				echo "iodepth=$qd"
+				echo "numjobs=$nj"
+			done
+		done
+	} > "$jobs"
+	say "$label: $(($# * $(wc -w <<< "$WORKLOADS"))) jobs of $SECS s on $*"
+	(cd "$dir" && fio --output-format=json --output=fio.json jobs.fio \
+		> fio.log 2>&1) || { cat "$dir/fio.log"; return 1; }
+}
+
+# The disk of L2 at a PCI slot (vda, vbp0, ...), once it is there.
+disk_at() {
+	local b
+
+	for _ in {1..100}; do
+		for b in "/sys/bus/pci/devices/0000:00:$1.0/"virtio*/block/*; do
+			[ -b "/dev/${b##*/}" ] && { echo "/dev/${b##*/}"; return 0; }
+		done
+		vbp_nap 0.1
+	done
+	return 1
+}
+
+# disks PATH...: "backend=device" of these paths' disks.
+disks() {
+	local p b d
+
+	for p in "$@"; do
+		for b in $BACKENDS; do
+			d=$(disk_at "${SLOT[$p.$b]}") || { say "L2: no disk of $p on $b"; continue; }
+			echo "$b=$d"
+		done
+	done
+}
+
+stage_l2() {
+	local d out=$VMRUN_OUT
+
+	say "L2: booted"
+	vbp_stats_mount $STATS_MNT || die "L2 cannot read the host module's counters"
+	mkdir -p $L1_PROC
+	mount -t 9p -o trans=virtio,version=9p2000.L,ro $L1_PROC_TAG $L1_PROC ||
+		die "L2 cannot read L1's /proc"
+	PROC=$L1_PROC STATS_DIR=$STATS_MNT
+
+	modprobe virtio_blk || die "no virtio_blk"
+	mapfile -t d < <(disks vhost-blk virtio-blk vhost-user-blk)
+	[ ${#d[@]} = 6 ] || die "L2 lacks disks: ${d[*]}"
+	for x in vhost-blk:0 virtio-blk:2 vhost-user-blk:4; do
+		run_fio "${x%%:*}+virtio_blk" "$out/${x%%:*}+virtio_blk" \
+			"${d[@]:${x#*:}:2}" || die "fio failed"
+	done
+
+	rmmod virtio_blk
+	vbp_load_guest mode=poll || die "cannot load virtio_blk_poll"
+	mapfile -t d < <(disks vhost-blk)
+	[ ${#d[@]} = 2 ] || die "virtio_blk_poll lacks disks: ${d[*]}"
+	run_fio "vhost-blk+poll" "$out/vhost-blk+poll" "${d[@]}" || die "fio failed"
+	for x in "${d[@]}"; do
+		echo hybrid > "/sys/block/${x##*/}/completion_mode" ||
+			die "cannot switch ${x#*=} to hybrid"
+	done
+	run_fio "vhost-blk+hybrid" "$out/vhost-blk+hybrid" "${d[@]}" || die "fio failed"
+	vbp_unload_guest
+	say "L2: done"
+}
+
+stage_l1() {
+	local qemu=${BENCH_QEMU:?} img=/tmp/bench.img q poll='' args=() qsd=() pid
+	local sock=/run/bench-vu b dev rc accel
+
+	say "L1: booted; loading vhost_blk_poll"
+	vbp_load_host || die "cannot load vhost_blk_poll"
+	vbp_wait_for "$VBP_DEV" || die "no $VBP_DEV"
+	modprobe null_blk nr_devices=1 queue_mode=2 submit_queues=2 gb=1 \
+		memory_backed=0 || die "cannot create a null_blk"
+	vbp_wait_for /dev/nullb0 || die "no /dev/nullb0"
+	truncate -s 1G "$img" || die "no room for $img"
+
+	PROC=/proc STATS_DIR=$VBP_STATS
+	run_fio native "$VMRUN_OUT/native" null=/dev/nullb0 file=$img ||
+		die "fio failed"
+
+	# One queue per L2 vCPU on every device.
+	q=${BENCH_L2_CPUS:-1}
+	# Poll budget of the vhost-blk vrings: the module's default with KVM;
+	# under emulation L2's requests come milliseconds apart, far beyond it.
+	accel=$("$st/vm-run" --accel)
+	if [ -n "${BENCH_L2_POLL_US:-}" ]; then
+		poll=$BENCH_L2_POLL_US
+	elif [ "$accel" != kvm ]; then
+		poll=1000000
+	fi
+	{
+		echo "l1_cpus=$(nproc)"
+		echo "l2_cpus=$q"
+		echo "l2_accel=$accel"
+		echo "poll_us=${poll:-default}"
+		echo "seconds=$SECS"
+		echo "kernel=$(uname -r)"
+		echo "qemu=$("$qemu" --version | head -n 1)"
+	} > "$VMRUN_OUT/setup"
+
+	mkdir -p $sock
+	qsd=(qemu-storage-daemon)
+	for b in $BACKENDS; do
+		case $b in
+		null) qsd+=(--blockdev "driver=host_device,node-name=$b,filename=/dev/nullb0,cache.direct=on,aio=native,locking=off") ;;
+		file) qsd+=(--blockdev "driver=file,node-name=$b,filename=$img,cache.direct=on,aio=native,locking=off") ;;
+		esac
+		qsd+=(--export "type=vhost-user-blk,id=vu-$b,node-name=$b,addr.type=unix,addr.path=$sock/$b.sock,writable=on,num-queues=$q")
+	done
+	"${qsd[@]}" > /tmp/qsd.log 2>&1 &
+	pid=$!
+	for b in $BACKENDS; do
+		vbp_wait_for "$sock/$b.sock" || { cat /tmp/qsd.log; die "qemu-storage-daemon did not start"; }
+	done
+
+	# shellcheck disable=SC2054 # commas are QEMU's
+	args=(-a -object -a memory-backend-memfd,id=mem,size=1G,share=on
+	      -a -machine -a memory-backend=mem)
+	for b in $BACKENDS; do
+		case $b in
+		null) dev=/dev/nullb0 ;;
+		file) dev=$img ;;
+		esac
+		args+=(-a -device -a "vhost-blk-pci,backend=$dev,num-queues=$q${poll:+,poll-us=$poll},addr=${SLOT[vhost-blk.$b]}"
+		       -a -object -a "iothread,id=io-$b"
+		       -a -drive -a "file=$dev,if=none,id=qemu-$b,format=raw,cache=none,aio=native,file.locking=off"
+		       -a -device -a "virtio-blk-pci,drive=qemu-$b,iothread=io-$b,num-queues=$q,addr=${SLOT[virtio-blk.$b]}"
+		       -a -chardev -a "socket,id=vu-$b,path=$sock/$b.sock"
+		       -a -device -a "vhost-user-blk-pci,chardev=vu-$b,num-queues=$q,addr=${SLOT[vhost-user-blk.$b]}")
+	done
+	args+=(-a -virtfs -a "$(vbp_stats_share)"
+	       -a -virtfs -a "local,path=/proc,mount_tag=$L1_PROC_TAG,security_model=none,readonly=on")
+	say "L1: starting L2: $q vCPU, $accel, vhost-blk poll budget ${poll:-default} us"
+	"$st/vm-run" -q "$qemu" -c "$q" -m 1G -t "$(l2_timeout)" -O "$VMRUN_OUT" \
+		-e "BENCH_SECONDS=$SECS" "${args[@]}" -- "$here/bench.sh" l2
+	rc=$?
+	kill "$pid"
+	wait "$pid"
+	[ "$rc" = 0 ] || die "L2 ended with $rc"
+	vbp_unload_host || die "vhost_blk_poll does not unload"
+	rmmod null_blk
+	say "L1: done"
+}
+
+stage_host() {
+	local t0 qemu out raw log
+
+	t0=$(date +%s)
+	for c in fio busybox cpio qemu-system-x86_64 qemu-storage-daemon gnuplot python3; do
+		command -v "$c" >/dev/null || die "$c is missing: run make deps first (as root)"
+	done
+	[ -r "$VBP_VMLINUZ" ] || die "no kernel $VBP_VMLINUZ: run make deps first (as root)"
+	out=$VBP_BUILD/bench
+	raw=$out/raw
+	rm -rf "$raw"
+	mkdir -p "$raw"
+	log=$out/bench.log
+	say "QEMU with vhost-blk-pci (make qemu; about 7 minutes the first time)"
+	qemu=$("$VBP_ROOT/qemu/build.sh" 2>"$log") || die "make qemu failed (see $log)"
+	say "booting L1; L2 boots inside it"
+	(cd "$st" && "$st/vm-run" -c "${BENCH_L1_CPUS:-2}" -m 4G -t $(($(l2_timeout) + 1200)) -O "$raw" \
+		-e "BENCH_QEMU=$qemu" -e "BENCH_SECONDS=$SECS" \
+		${BENCH_L2_POLL_US:+-e "BENCH_L2_POLL_US=$BENCH_L2_POLL_US"} \
+		${BENCH_L2_CPUS:+-e "BENCH_L2_CPUS=$BENCH_L2_CPUS"} \
+		-- "$here/bench.sh" l1) 2>&1 | tee -a "$log" |
+		while IFS= read -r line; do
+			case "$line" in
+			"bench: "*) printf 'bench: [%4d s] %s\n' $(( $(date +%s) - t0 )) "${line#bench: }" ;;
+			esac
+		done
+	[ "${PIPESTATUS[0]}" = 0 ] || { tail -n 30 "$log"; die "see $log"; }
+	python3 "$here/bench_report.py" "$raw" "$out" || die "no report"
+	say "done in $(( $(date +%s) - t0 )) s: $out/bench.{json,md,png}"
+}
+
+case "${1:-}" in
+l1) stage_l1 ;;
+l2) stage_l2 ;;
+"") stage_host ;;
+*) echo "usage: $0" >&2; exit 2 ;;
+esac
