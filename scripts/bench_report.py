@@ -60,7 +60,10 @@ def workload_name(w):
 def rows_of(raw, path):
     d = os.path.join(raw, path)
     with open(os.path.join(d, "fio.json")) as f:
-        fio = json.load(f)
+        text = f.read()
+    # fio may log lines ("Saving output of prerun ...") before the JSON.
+    fio = json.loads(text[text.find("\n{") + 1 if not text.startswith("{")
+                          else 0:])
     rows = []
     for job in fio["jobs"]:
         name = job["jobname"]
@@ -214,9 +217,11 @@ def markdown(rows, setup, paths, workloads):
 
 def plot(rows, paths, workloads, out, title):
     by = {(r["path"], r["backend"], r["workload"]): r for r in rows}
+    backends = [(b, lab) for b, lab in BACKENDS
+                if any(r["backend"] == b and r["iops"] for r in rows)]
     dat = os.path.join(out, "bench.dat")
     with open(dat, "w") as f:
-        for b, _ in BACKENDS:
+        for b, _ in backends:
             f.write("workload " + " ".join(f'"{lab}"' for _, lab in paths)
                     + "\n")
             for w in workloads:
@@ -229,7 +234,7 @@ def plot(rows, paths, workloads, out, title):
     script = f"""
 set terminal png size 1400,1000 font ",10" noenhanced
 set output "{os.path.join(out, 'bench.png')}"
-set multiplot layout 2,1 title "{title}"
+set multiplot layout {len(backends)},1 title "{title}"
 set style data histograms
 set style histogram clustered gap 1
 set style fill solid 0.9 border -1
@@ -239,7 +244,7 @@ set xtics rotate by -20 scale 0
 set key outside right top vertical
 set grid ytics
 """
-    for i, (b, blabel) in enumerate(BACKENDS):
+    for i, (b, blabel) in enumerate(backends):
         script += f'set title "{blabel}"\n'
         script += (f'plot "{dat}" index {i} using 2:xtic(1) title '
                    'columnheader(2)')
