@@ -189,6 +189,8 @@ def markdown(rows, setup, paths, workloads):
                        f"{fmt(geomean([r['x_native'] for r in rs]), 4)} | "
                        f"{fmt(geomean([r['x_qemu'] for r in rs]), 4)} |")
     for b, blabel in BACKENDS:
+        if not any(r["backend"] == b for r in rows):
+            continue
         out += [
             "",
             f"## {blabel}",
