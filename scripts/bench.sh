@@ -40,10 +40,10 @@ st=$VBP_ROOT/tools/testing/selftests/vhost_blk
 SECS=${BENCH_SECONDS:-5}
 # The region of each backend the jobs use.
 SIZE_MB=512
-# workload: rw:block size:queue depth:jobs
-WORKLOADS="randread:4k:1:1 randread:4k:1:2 randread:4k:32:1 randread:4k:32:2
-randwrite:4k:1:1 randwrite:4k:1:2 randwrite:4k:32:1 randwrite:4k:32:2
-read:64k:32:1"
+# workload: rw:block size:queue depth:jobs (BENCH_WORKLOADS: some of them)
+WORKLOADS=${BENCH_WORKLOADS:-"randread:4k:1:1 randread:4k:1:2 randread:4k:32:1
+randread:4k:32:2 randwrite:4k:1:1 randwrite:4k:1:2 randwrite:4k:32:1
+randwrite:4k:32:2 read:64k:32:1"}
 BACKENDS="null file"
 # Where L2's devices sit on its PCI bus: slot of each path and backend.
 declare -A SLOT=(
@@ -286,7 +286,8 @@ stage_l1() {
 	       -a -virtfs -a "local,path=/proc,mount_tag=$L1_PROC_TAG,security_model=none,readonly=on")
 	say "L1: starting L2: $q vCPU, $accel, vhost-blk poll budget ${poll:-default} us"
 	"$st/vm-run" -q "$qemu" -c "$q" -m 1G -t "$(l2_timeout)" -O "$VMRUN_OUT" \
-		-e "BENCH_SECONDS=$SECS" "${args[@]}" -- "$here/bench.sh" l2
+		-e "BENCH_SECONDS=$SECS" -e "BENCH_WORKLOADS=$WORKLOADS" \
+		"${args[@]}" -- "$here/bench.sh" l2
 	rc=$?
 	kill "$pid"
 	wait "$pid"
@@ -314,6 +315,7 @@ stage_host() {
 	say "booting L1; L2 boots inside it"
 	(cd "$st" && "$st/vm-run" -c "${BENCH_L1_CPUS:-2}" -m 4G -t $(($(l2_timeout) + 1200)) -O "$raw" \
 		-e "BENCH_QEMU=$qemu" -e "BENCH_SECONDS=$SECS" \
+		-e "BENCH_WORKLOADS=$WORKLOADS" \
 		${BENCH_L2_POLL_US:+-e "BENCH_L2_POLL_US=$BENCH_L2_POLL_US"} \
 		${BENCH_L2_CPUS:+-e "BENCH_L2_CPUS=$BENCH_L2_CPUS"} \
 		-- "$here/bench.sh" l1) 2>&1 | tee -a "$log" |
