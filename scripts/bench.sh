@@ -21,6 +21,10 @@
 # virtqueue interrupts; scripts/bench_report.py turns fio's results and the
 # snapshots into build/bench/bench.{json,md,png}.
 #
+# Knobs: BENCH_SECONDS, BENCH_WORKLOADS, BENCH_L1_CPUS (default 2),
+# BENCH_L2_CPUS (default 1, also the queues of each guest device),
+# BENCH_L2_POLL_US (the vhost-blk vrings' poll budget).
+#
 # Under software emulation L2 runs emulated inside an emulated machine: its
 # figures are those of this setup, not of a real host.  With KVM (the VMs
 # use it when /dev/kvm is usable) the same run gives real ones.
