@@ -12,6 +12,8 @@
 #   kselftest  tools/testing/selftests/vhost_blk in one VM
 #   e2e        end to end, nested: QEMU with vhost-blk-pci (built by
 #              qemu/build.sh, cached) in a VM, its guest on vhost_blk_poll
+# CHECK_TESTS narrows the kselftest suite to the named tests (e.g.
+# "virtio_blk_poll.sh"; default: all of TEST_PROGS).
 
 set -uo pipefail
 
@@ -132,6 +134,13 @@ suite_kselftest() {
 	if [ ${#tests[@]} = 0 ]; then
 		tap "not ok" "kselftest: list of tests" "make emit_tests listed none"
 		return
+	fi
+	if [ -n "${CHECK_TESTS:-}" ]; then
+		for p in $CHECK_TESTS; do
+			[[ " ${tests[*]} " = *" $p "* ]] ||
+				{ tap "not ok" "kselftest: $p" "no such test (CHECK_TESTS)"; return; }
+		done
+		read -ra tests <<< "$CHECK_TESTS"
 	fi
 	# Stock virtio-blk disks for virtio_blk_poll, raw files: two queues,
 	# one queue (resizable), read-only with 4 KiB blocks, and one that can

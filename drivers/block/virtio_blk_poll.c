@@ -481,18 +481,23 @@ static const char *const vbp_fault_names[VBP_NR_FAULTS] = {
 	[VBP_FAULT_IDX]		= "idx",
 };
 
-static void vbp_inject_locked(struct vbp_queue *q)
+/*
+ * Returns false while a fault waits for a used buffer that is not there yet:
+ * the caller takes nothing then, so that a buffer the device adds in the
+ * meantime cannot slip past the fault.
+ */
+static bool vbp_inject_locked(struct vbp_queue *q)
 {
 	struct virtio_device *vdev = q->vbp->vdev;
 	const struct vring *vring;
 	u16 idx, slot;
 
 	if (likely(!q->fault))
-		return;
+		return true;
 	vring = virtqueue_get_vring(q->vq);
 	idx = virtio16_to_cpu(vdev, READ_ONCE(vring->used->idx));
 	if (idx == q->used_seen)
-		return;
+		return false;
 	/* The device wrote the element before the index. */
 	virtio_rmb(true);
 	slot = q->used_seen & (vring->num - 1);
@@ -511,6 +516,7 @@ static void vbp_inject_locked(struct vbp_queue *q)
 	dev_info(&vdev->dev, "%s: injected a bad used %s\n", q->name,
 		 vbp_fault_names[q->fault]);
 	q->fault = VBP_FAULT_NONE;
+	return true;
 }
 
 static void vbp_count_used(struct vbp_queue *q)
@@ -518,8 +524,9 @@ static void vbp_count_used(struct vbp_queue *q)
 	q->used_seen++;
 }
 #else
-static void vbp_inject_locked(struct vbp_queue *q)
+static bool vbp_inject_locked(struct vbp_queue *q)
 {
+	return true;
 }
 
 static void vbp_count_used(struct vbp_queue *q)
@@ -536,7 +543,8 @@ static unsigned int vbp_take_locked(struct vbp_queue *q, struct vbp_req ***tail)
 	struct vbp_req *vr;
 	unsigned int len, n = 0;
 
-	vbp_inject_locked(q);
+	if (!vbp_inject_locked(q))
+		return 0;
 	while ((vr = virtqueue_get_buf(q->vq, &len))) {
 		vbp_count_used(q);
 		vbp_check_used(q, vr, len);
