@@ -4,7 +4,9 @@
 #
 #   make            build vhost_blk_poll.ko, virtio_blk_poll.ko and the selftests
 #   make deps       install everything needed from Debian's archive (root)
-#   make check      run all tests in virtual machines
+#   make check      run all tests in virtual machines (KERNEL=debug: on a
+#                   debug kernel with KASAN, lockdep and kmemleak)
+#   make soak       the ring fuzzer and the races, millions of requests
 #   make lint       checkpatch, W=1, sparse, kernel-doc and shellcheck
 #   make bench      every I/O path side by side, host and guests (build/bench/)
 #   make bench-host the host-side part of it alone (build/bench/bench-host.*)
@@ -40,7 +42,7 @@ SELFTESTS := tools/testing/selftests/vhost_blk
 KSFT := $(MAKE) -C $(SELFTESTS) OUTPUT=$(CURDIR)/$(SELFTESTS) \
 	KHDR_INCLUDES="-isystem $(KSRC)/usr/include"
 
-.PHONY: all modules selftests ksrc deps check lint clean bench bench-host qemu demo
+.PHONY: all modules selftests ksrc deps check soak lint clean bench bench-host qemu demo
 
 all: modules selftests
 
@@ -57,8 +59,29 @@ selftests: ksrc
 deps:
 	scripts/deps.sh
 
+# KERNEL=debug: the VM suites (tiers 1 and 2) on a debug build of the same
+# kernel, with KASAN, lockdep, kmemleak and more (scripts/debug-kernel.sh;
+# built once, about half an hour on two cores); any report fails.
+ifeq ($(KERNEL),debug)
+check:
+	scripts/debug-kernel.sh
+	$(MAKE) check KERNEL= $$(scripts/debug-kernel.sh --env) \
+		CHECK_SUITES="$(or $(CHECK_SUITES),vmrun kselftest)"
+else
 check: all
 	scripts/check.sh
+endif
+
+# What make check's fuzzer does, longer: SOAK_REQUESTS fuzzed requests
+# (a fifth of them again on a polled null_blk) and SOAK_ROUNDS raced
+# batches per backend; VBP_FUZZ_SEED repeats a run.
+SOAK_REQUESTS ?= 2000000
+SOAK_ROUNDS ?= 7000
+soak: all
+	$(SELFTESTS)/vm-run -c 2 -m 2G -t 86400 \
+		-e VBP_FUZZ_REQUESTS=$(SOAK_REQUESTS) -e VBP_RACE_ROUNDS=$(SOAK_ROUNDS) \
+		$(if $(VBP_FUZZ_SEED),-e VBP_FUZZ_SEED=$(VBP_FUZZ_SEED)) \
+		-- $(SELFTESTS)/vhost_blk_fuzz.sh
 
 lint: ksrc
 	scripts/lint.sh

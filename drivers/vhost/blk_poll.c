@@ -30,6 +30,7 @@
 #include <linux/module.h>
 #include <linux/moduleparam.h>
 #include <linux/nospec.h>
+#include <linux/pagemap.h>
 #include <linux/sched.h>
 #include <linux/sched/clock.h>
 #include <linux/sched/signal.h>
@@ -457,6 +458,31 @@ static int vhost_blk_rw(struct vhost_blk_req *req,
 	return -EIOCBQUEUED;
 }
 
+/*
+ * Discard on a block device.  The device changes under the page cache,
+ * which buffered requests may have filled: write back and drop the cached
+ * pages of the range first, and keep the cache from filling meanwhile.
+ */
+static int vhost_blk_bdev_discard(struct vhost_blk_backend *be, loff_t pos,
+				  loff_t len)
+{
+	struct address_space *mapping = be->file->f_mapping;
+	int ret;
+
+	if (!bdev_max_discard_sectors(be->bdev))
+		return VIRTIO_BLK_S_UNSUPP;
+	filemap_invalidate_lock(mapping);
+	ret = filemap_write_and_wait_range(mapping, pos, pos + len - 1);
+	if (!ret)
+		ret = invalidate_inode_pages2_range(mapping, pos >> PAGE_SHIFT,
+						    (pos + len - 1) >> PAGE_SHIFT);
+	if (!ret)
+		ret = blkdev_issue_discard(be->bdev, pos >> SECTOR_SHIFT,
+					   len >> SECTOR_SHIFT, GFP_KERNEL);
+	filemap_invalidate_unlock(mapping);
+	return ret ? VIRTIO_BLK_S_IOERR : VIRTIO_BLK_S_OK;
+}
+
 /* One segment of a discard or write-zeroes request. */
 static int vhost_blk_discard(struct vhost_blk_backend *be,
 			     struct iov_iter *data, u32 type)
@@ -484,27 +510,30 @@ static int vhost_blk_discard(struct vhost_blk_backend *be,
 	if (!nr)
 		return VIRTIO_BLK_S_OK;
 
-	if (be->bdev && zero) {
-		ret = blkdev_issue_zeroout(be->bdev, sector, nr, GFP_KERNEL,
-					   unmap ? 0 : BLKDEV_ZERO_NOUNMAP);
-		return ret ? VIRTIO_BLK_S_IOERR : VIRTIO_BLK_S_OK;
-	}
-	if (be->bdev) {
-		if (!bdev_max_discard_sectors(be->bdev))
-			return VIRTIO_BLK_S_UNSUPP;
-		ret = blkdev_issue_discard(be->bdev, sector, nr, GFP_KERNEL);
-		return ret ? VIRTIO_BLK_S_IOERR : VIRTIO_BLK_S_OK;
-	}
-
 	pos = sector << SECTOR_SHIFT;
 	len = nr << SECTOR_SHIFT;
+	if (be->bdev && !zero)
+		return vhost_blk_bdev_discard(be, pos, len);
+
+	/*
+	 * Through fallocate, also on a block device: it drops the page cache
+	 * of the range, which buffered requests may have filled, first.
+	 */
 	mode = FALLOC_FL_KEEP_SIZE;
 	mode |= zero && !unmap ? FALLOC_FL_ZERO_RANGE : FALLOC_FL_PUNCH_HOLE;
 	ret = vfs_fallocate(be->file, mode, pos, len);
 	/* Without ZERO_RANGE (tmpfs), a punched hole reads back as zeroes. */
-	if (ret == -EOPNOTSUPP && mode & FALLOC_FL_ZERO_RANGE)
+	if (ret == -EOPNOTSUPP && mode & FALLOC_FL_ZERO_RANGE && !be->bdev)
 		ret = vfs_fallocate(be->file,
 				    FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE,
+				    pos, len);
+	/*
+	 * A block device punches a hole only where it can unmap and zero at
+	 * once; UNMAP is a hint, zeroes are what was asked.
+	 */
+	if (ret == -EOPNOTSUPP && mode & FALLOC_FL_PUNCH_HOLE && be->bdev)
+		ret = vfs_fallocate(be->file,
+				    FALLOC_FL_KEEP_SIZE | FALLOC_FL_ZERO_RANGE,
 				    pos, len);
 	if (ret == -EOPNOTSUPP && !zero)
 		return VIRTIO_BLK_S_UNSUPP;
@@ -648,8 +677,10 @@ static int vhost_blk_take(struct vhost_blk_vq *bvq,
 		head = vhost_get_vq_desc(vq, vq->iov, ARRAY_SIZE(vq->iov),
 					 &out, &in, log, &log_num);
 		/* A corrupt chain: vhost has reported it, the ring stops. */
-		if (unlikely(head < 0))
+		if (unlikely(head < 0)) {
+			bvq->broken = true;
 			return -EIO;
+		}
 		if (head == vq->num)
 			return reqs;
 		bytes += iov_length(vq->iov, out + in);
@@ -694,7 +725,7 @@ static void vhost_blk_serve(struct vhost_blk_vq *bvq)
 	vhost_blk_complete(bvq);
 	be = vhost_vq_get_backend(vq);
 	if (!be || bvq->broken)
-		goto out;
+		goto stopped;
 	if (!vq_meta_prefetch(vq))
 		goto out;
 	/* Migration: the pages the device writes are logged as dirty. */
@@ -708,7 +739,7 @@ static void vhost_blk_serve(struct vhost_blk_vq *bvq)
 		taken = vhost_blk_take(bvq, be, log, &weight);
 		blk_finish_plug(&plug);
 		if (taken < 0)
-			break;
+			goto stopped;
 		vhost_blk_poll_io(bvq);
 		done = vhost_blk_complete(bvq);
 		if (taken || done) {
@@ -741,6 +772,20 @@ static void vhost_blk_serve(struct vhost_blk_vq *bvq)
 			cpu_relax();
 	}
 out:
+	mutex_unlock(&vq->mutex);
+	return;
+
+stopped:
+	/*
+	 * The ring takes no new request, but the polled ones it took still
+	 * complete only when polled: keep polling them, one pass at a time.
+	 */
+	if (!list_empty(&bvq->polled)) {
+		vhost_blk_poll_io(bvq);
+		vhost_blk_complete(bvq);
+		if (!list_empty(&bvq->polled))
+			vhost_vq_work_queue(vq, &bvq->poll_work);
+	}
 	mutex_unlock(&vq->mutex);
 }
 

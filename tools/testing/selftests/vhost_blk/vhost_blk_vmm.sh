@@ -78,5 +78,50 @@ baddev=/dev/$(basename "$nullb")
 vbp_wait_for "$baddev" || exit "$KSFT_FAIL"
 echo "# backend: null_blk with bad blocks"
 VBP_TEST_BDEV=$baddev VBP_TEST_BAD_SECTOR=$BAD_SECTOR \
-	"$VMM_TEST" -r vmm.bdev.backend_io_error || rc=$KSFT_FAIL
+	"$VMM_TEST" -r vmm.bdev.backend_io_errors || rc=$KSFT_FAIL
+echo 0 > "$nullb/power"
+rmdir "$nullb"
+
+# Device mapper on the first null_blk: sectors 8192-8207 of an "error"
+# target (every I/O fails), then of a "flakey" one that fails only writes.
+# dmsetup runs without udev here.
+export DM_DISABLE_UDEV=1
+dm_dev() {
+	echo "/dev/dm-$(dmsetup info -c --noheadings -o minor "$1")"
+}
+if ! command -v dmsetup >/dev/null || ! modprobe dm-mod ||
+   ! modprobe dm-flakey; then
+	echo "# SKIP device mapper: no dmsetup or no dm-mod/dm-flakey module"
+else
+	for kind in error flakey; do
+		target=error writes=
+		if [ $kind = flakey ]; then
+			# Up for 0 s, down for 1: always failing writes.
+			target="flakey /dev/nullb0 $BAD_SECTOR 0 1 1 error_writes"
+			writes=1
+		fi
+		dmsetup create --noudevsync vbpdm <<-EOT || { rc=$KSFT_FAIL; continue; }
+			0 $BAD_SECTOR linear /dev/nullb0 0
+			$BAD_SECTOR 16 $target
+			$((BAD_SECTOR + 16)) $((131072 - BAD_SECTOR - 16)) linear /dev/nullb0 $((BAD_SECTOR + 16))
+		EOT
+		dev=$(dm_dev vbpdm)
+		vbp_wait_for "$dev" || rc=$KSFT_FAIL
+		echo "# backend: device mapper, $kind at $BAD_SECTOR-$((BAD_SECTOR + 15))"
+		VBP_TEST_BDEV=$dev VBP_TEST_BAD_SECTOR=$BAD_SECTOR \
+			VBP_TEST_BAD_COUNT=16 VBP_TEST_BAD_WRITES=$writes \
+			"$VMM_TEST" -r vmm.bdev.backend_io_errors || rc=$KSFT_FAIL
+		dmsetup remove --noudevsync vbpdm || rc=$KSFT_FAIL
+	done
+fi
+
+# A null_blk removed through configfs while it is the backend.
+mkdir "$nullb" || exit "$KSFT_FAIL"
+echo 64 > "$nullb/size"
+echo 1 > "$nullb/memory_backed"
+echo 1 > "$nullb/power"
+vbp_wait_for "$baddev" || exit "$KSFT_FAIL"
+echo "# backend: null_blk, removed while attached"
+VBP_TEST_BDEV=$baddev VBP_TEST_REMOVE="echo 0 > $nullb/power && rmdir $nullb" \
+	"$VMM_TEST" -r vmm.bdev.backend_removed || rc=$KSFT_FAIL
 exit "$rc"
