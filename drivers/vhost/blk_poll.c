@@ -193,9 +193,13 @@ struct vhost_blk_req {
 	unsigned int in_num;
 	struct vhost_log *log;
 	unsigned int log_num;
+	/* Where a read or write starts in the backend. */
+	loff_t pos;
 	/* On bvq->polled: submitted with IOCB_HIPRI, reaped by polling. */
 	struct list_head poll_node;
 	bool polled;
+	/* Polled, it found the device busy: to be submitted again unpolled. */
+	bool again;
 };
 
 static void vhost_blk_req_free(struct vhost_blk_req *req)
@@ -257,6 +261,8 @@ static void vhost_blk_add_used(struct vhost_blk_vq *bvq, unsigned int n)
 	}
 }
 
+static void vhost_blk_rw_again(struct vhost_blk_req *req);
+
 /*
  * Answer the requests whose I/O ended: status byte, dirty log, used ring,
  * one interrupt per batch if the guest wants it.  Called with the vq mutex
@@ -271,6 +277,10 @@ static unsigned int vhost_blk_complete(struct vhost_blk_vq *bvq)
 
 	list = llist_reverse_order(llist_del_all(&bvq->done));
 	llist_for_each_entry_safe(req, tmp, list, node) {
+		if (unlikely(req->again)) {
+			vhost_blk_rw_again(req);
+			continue;
+		}
 		if (put_user(req->status, req->status_ptr)) {
 			vq_err(vq, "cannot write the status of request %u\n",
 			       req->head);
@@ -361,6 +371,12 @@ static void vhost_blk_rw_complete(struct kiocb *iocb, long ret)
 
 	if (iocb->ki_flags & IOCB_WRITE)
 		kiocb_end_write(iocb);
+	if (ret == -EAGAIN && iocb->ki_flags & IOCB_NOWAIT) {
+		/* Answered later: the worker submits it again, unpolled. */
+		req->again = true;
+		vhost_blk_req_done(req);
+		return;
+	}
 	/* A short transfer (past the end of a shrunk file) is an error. */
 	req->status = ret == req->data_len ? VIRTIO_BLK_S_OK :
 					     VIRTIO_BLK_S_IOERR;
@@ -398,16 +414,67 @@ static ssize_t vhost_blk_rw_submit(struct vhost_blk_req *req,
 	return file->f_op->read_iter(&req->iocb, data);
 }
 
+static void vhost_blk_unpoll(struct vhost_blk_req *req)
+{
+	req->iocb.ki_flags &= ~(IOCB_HIPRI | IOCB_NOWAIT);
+	if (req->polled) {
+		list_del(&req->poll_node);
+		req->polled = false;
+	}
+}
+
+/* The data of a read or write, from the request's copy of the chain. */
+static void vhost_blk_data_iter(struct vhost_blk_req *req,
+				struct iov_iter *data, bool write)
+{
+	if (write) {
+		iov_iter_init(data, ITER_SOURCE, req->iov, req->out_num,
+			      sizeof(struct virtio_blk_outhdr) + req->data_len);
+		iov_iter_advance(data, sizeof(struct virtio_blk_outhdr));
+	} else {
+		iov_iter_init(data, ITER_DEST, req->iov + req->out_num,
+			      req->in_num, req->data_len);
+	}
+}
+
+/*
+ * Submit again, unpolled, a read or write whose polled submission found
+ * the device busy.  Called by the worker, with the vq mutex held.
+ */
+static void vhost_blk_rw_again(struct vhost_blk_req *req)
+{
+	bool write = req->iocb.ki_flags & IOCB_WRITE;
+	struct iov_iter data;
+	ssize_t ret;
+
+	req->again = false;
+	vhost_blk_unpoll(req);
+	vhost_blk_data_iter(req, &data, write);
+	req->iocb.ki_pos = req->pos;
+	if (write)
+		kiocb_start_write(&req->iocb);
+	atomic_set(&req->ref, 2);
+	ret = vhost_blk_rw_submit(req, &data, write);
+	if (ret != -EIOCBQUEUED)
+		vhost_blk_rw_complete(&req->iocb, ret);
+	vhost_blk_req_done(req);
+}
+
 /*
  * Reads and writes: asynchronous direct I/O on the guest's pages; buffers
  * that direct I/O cannot take (virtio lets a guest place them anywhere) go
  * through the page cache, synchronously.
+ *
+ * A polling ring polls the device too, where it can.  Its worker must not
+ * sleep while requests wait to be polled (it is the one that polls them),
+ * so a polled submission does not wait for the device either: with
+ * IOCB_NOWAIT it fails with -EAGAIN when the device has no room (or must
+ * split it), and is submitted again unpolled, which may wait.
  */
 static int vhost_blk_rw(struct vhost_blk_req *req,
 			struct vhost_blk_backend *be, struct iov_iter *data,
 			u64 sector, bool write)
 {
-	loff_t pos = sector << SECTOR_SHIFT;
 	size_t len = iov_iter_count(data);
 	struct iov_iter saved;
 	ssize_t ret;
@@ -421,16 +488,16 @@ static int vhost_blk_rw(struct vhost_blk_req *req,
 		return VIRTIO_BLK_S_OK;
 
 	req->data_len = len;
+	req->pos = sector << SECTOR_SHIFT;
 	init_sync_kiocb(&req->iocb, be->file);
 	/* The guest addresses sectors, whatever the file's open flags. */
 	req->iocb.ki_flags &= ~(IOCB_APPEND | IOCB_DIRECT);
-	req->iocb.ki_pos = pos;
-	if (vhost_blk_dio_ok(be, data, pos)) {
+	req->iocb.ki_pos = req->pos;
+	if (vhost_blk_dio_ok(be, data, req->pos)) {
 		req->iocb.ki_flags |= IOCB_DIRECT;
 		req->iocb.ki_complete = vhost_blk_rw_complete;
-		/* A polling ring polls the device too, where it can. */
 		if (be->poll && req->bvq->vq.busyloop_timeout) {
-			req->iocb.ki_flags |= IOCB_HIPRI;
+			req->iocb.ki_flags |= IOCB_HIPRI | IOCB_NOWAIT;
 			req->polled = true;
 			list_add_tail(&req->poll_node, &req->bvq->polled);
 		}
@@ -444,12 +511,28 @@ static int vhost_blk_rw(struct vhost_blk_req *req,
 	/* An iovec iterator does not change its array: a copy restores it. */
 	saved = *data;
 	ret = vhost_blk_rw_submit(req, data, write);
+	/*
+	 * Refused at once, through the completion: the bio that the block
+	 * device keeps in iocb->private for polling is gone already.
+	 */
+	if (unlikely(req->again)) {
+		req->iocb.private = NULL;
+		vhost_blk_unpoll(req);
+	}
+	if (ret == -EAGAIN && req->iocb.ki_flags & IOCB_NOWAIT) {
+		/* It would have waited (for the page cache): unpolled. */
+		*data = saved;
+		vhost_blk_unpoll(req);
+		req->iocb.ki_pos = req->pos;
+		ret = vhost_blk_rw_submit(req, data, write);
+	}
 	if (ret == -EINVAL && req->iocb.ki_flags & IOCB_DIRECT) {
 		/* The file system's own alignment rules: go buffered. */
 		*data = saved;
-		req->iocb.ki_flags &= ~(IOCB_DIRECT | IOCB_HIPRI);
+		vhost_blk_unpoll(req);
+		req->iocb.ki_flags &= ~IOCB_DIRECT;
 		req->iocb.ki_complete = NULL;
-		req->iocb.ki_pos = pos;
+		req->iocb.ki_pos = req->pos;
 		ret = vhost_blk_rw_submit(req, data, write);
 	}
 	if (ret != -EIOCBQUEUED)
@@ -888,9 +971,13 @@ static struct vhost_blk_backend *vhost_blk_backend_get(int fd)
 	if (S_ISBLK(inode->i_mode)) {
 		be->bdev = I_BDEV(file->f_mapping->host);
 		be->capacity = bdev_nr_sectors(be->bdev);
+		/*
+		 * Polled submissions must not wait (vhost_blk_rw()), so only
+		 * a device that can refuse instead of waiting is polled.
+		 */
 		be->poll = file->f_op->iopoll &&
 			   bdev_get_queue(be->bdev)->limits.features &
-			   BLK_FEAT_POLL;
+			   BLK_FEAT_POLL && bdev_nowait(be->bdev);
 	} else {
 		be->capacity = i_size_read(inode) >> SECTOR_SHIFT;
 	}

@@ -3914,8 +3914,9 @@ TEST_F_TIMEOUT(bench, run, 600)
  * budgets) and must work again.
  *
  * Environment: VBP_FUZZ_REQUESTS (default 10000), VBP_FUZZ_SEED (default
- * from the clock; printed, so that a run can be repeated), VBP_TEST_BDEV (a
- * block device to fuzz instead of a file in VBP_TEST_DIR).
+ * from the clock; printed, so that a run can be repeated), VBP_FUZZ_POLL=0
+ * (poll budgets all 0: no ring polls), VBP_TEST_BDEV (a block device to
+ * fuzz instead of a file in VBP_TEST_DIR).
  */
 
 #define FZ_SLOTS	16		/* requests of a queue in one batch */
@@ -3980,6 +3981,7 @@ struct fz {
 	unsigned int nslots[MAX_QUEUES];
 	unsigned int owed[MAX_QUEUES];	/* used entries owed */
 	bool stops[MAX_QUEUES];
+	bool no_poll;		/* rings never poll (VBP_FUZZ_POLL=0) */
 	uint8_t *copy;		/* what the fuzzed area holds */
 	uint8_t *known;		/* per sector: whether the copy is exact */
 	/* For the report. */
@@ -4586,9 +4588,9 @@ static void fz_check(struct __test_metadata *_metadata, struct fz *f,
 		ASSERT_GE(VIRTIO_BLK_S_UNSUPP, st);
 	} else {
 		ASSERT_EQ(s->want, st)
-			TH_LOG("q%u slot %u type %u sector %llu len %u",
-			       q, i, s->type, (unsigned long long)s->sector,
-			       s->len);
+			TH_LOG("batch %llu q%u slot %u: type %u sector %llu len %u",
+			       f->batches, q, i, s->type,
+			       (unsigned long long)s->sector, s->len);
 		ASSERT_EQ(s->want_len, len)
 			TH_LOG("q%u slot %u type %u: used length", q, i,
 			       s->type);
@@ -4667,7 +4669,7 @@ static void fz_setup(struct __test_metadata *_metadata, struct fz *f,
 	vmm_start(_metadata, v, c->be.fd);
 	ASSERT_EQ(0, ioctl(v->fd, VHOST_BLK_SET_SERIAL, fz_serial));
 	for (q = 0; q < v->nq; q++)
-		ASSERT_EQ(0, set_poll_us(v, q,
+		ASSERT_EQ(0, set_poll_us(v, q, f->no_poll ? 0 :
 					 budgets[fz_below(f, ARRAY_SIZE(budgets))]));
 	if (how != FZ_FIRST)
 		check_alive(_metadata, c);
@@ -4929,6 +4931,7 @@ FIXTURE_SETUP(fuzz)
 		return;
 	c->cap = c->be.size / SECTOR;
 	ASSERT_LE(FZ_BASE + FZ_SECTORS, c->cap);
+	f->no_poll = !bench_env("VBP_FUZZ_POLL", 1);
 	f->rnd = seed && *seed ? strtoull(seed, NULL, 0) :
 		 mix64(now_us() ^ ((uint64_t)getpid() << 32));
 	c->seed = f->rnd;
