@@ -7,7 +7,10 @@
 #   make check      run all tests in virtual machines (KERNEL=debug: on a
 #                   debug kernel with KASAN, lockdep and kmemleak)
 #   make soak       the ring fuzzer and the races, millions of requests
-#   make lint       checkpatch, W=1, sparse, kernel-doc and shellcheck
+#   make lint       checkpatch, W=1, sparse, kernel-doc, shellcheck, the docs
+#   make docs       Documentation/ as HTML in build/docs/
+#   make dkms       install the modules with DKMS for KVER (root)
+#   make patches    the drivers as a patch series for a kernel tree (build/patches/)
 #   make bench      every I/O path side by side, host and guests (build/bench/)
 #   make bench-host the host-side part of it alone (build/bench/bench-host.*)
 #   make qemu       QEMU with vhost-blk-pci (qemu/); prints the binary's path
@@ -33,16 +36,20 @@ export KVER KDIR
 # a full source tree, otherwise from the matching Debian source.
 VHOST_INC := $(if $(wildcard $(KDIR)/drivers/vhost/vhost.h),$(KDIR)/drivers/vhost,$(KSRC)/drivers/vhost)
 
+# The guest driver's fault injection is for the tests: VBP_FAULT_INJECTION=n
+# leaves it out (DKMS does).
+VBP_FAULT_INJECTION ?= y
+
 KBUILD := $(MAKE) -C $(KDIR) M=$(CURDIR) W=1 \
 	CONFIG_VHOST_BLK_POLL=m CONFIG_VIRTIO_BLK_POLL=m \
-	CONFIG_VIRTIO_BLK_POLL_FAULT_INJECTION=y \
+	CONFIG_VIRTIO_BLK_POLL_FAULT_INJECTION=$(VBP_FAULT_INJECTION) \
 	VBP_VHOST_INC=$(VHOST_INC)
 
 SELFTESTS := tools/testing/selftests/vhost_blk
 KSFT := $(MAKE) -C $(SELFTESTS) OUTPUT=$(CURDIR)/$(SELFTESTS) \
 	KHDR_INCLUDES="-isystem $(KSRC)/usr/include"
 
-.PHONY: all modules selftests ksrc deps check soak lint clean bench bench-host qemu demo
+.PHONY: all modules modules-clean selftests ksrc deps check soak lint docs dkms patches clean bench bench-host qemu demo
 
 all: modules selftests
 
@@ -52,6 +59,9 @@ ksrc:
 modules: ksrc
 	@test -d "$(KDIR)" || { echo "no kernel tree at $(KDIR) (make deps)"; exit 1; }
 	$(KBUILD) modules
+
+modules-clean:
+	$(KBUILD) clean
 
 selftests: ksrc
 	$(KSFT)
@@ -87,6 +97,9 @@ soak: all
 lint: ksrc
 	scripts/lint.sh
 
+docs:
+	scripts/docs.py Documentation $(BUILD)/docs
+
 # Figures, not tests; results in build/bench/.  bench-host: the module under
 # the mini-VMM in one VM; bench: that, then native and every guest path on
 # the same backends in one nested run (scripts/bench.sh).
@@ -97,6 +110,15 @@ bench-host: all
 	$(SELFTESTS)/vm-run -c 2 -m 2G -t 2400 -O $(BUILD)/bench \
 		$(foreach v,BENCH_SECONDS BENCH_POLL_US,$(if $($(v)),-e $(v)=$($(v)))) \
 		-- $(SELFTESTS)/bench_host.sh
+
+# As root: register the modules with DKMS, build and install them for KVER
+# (scripts/dkms.sh; "scripts/dkms.sh remove" takes them out again).
+dkms:
+	@scripts/dkms.sh install
+
+# The drivers as a patch series for a Linux 6.12 tree, in build/patches/.
+patches:
+	@scripts/patches.sh
 
 # Built once per QEMU source version and patch series, cached outside the
 # tree (qemu/build.sh).

@@ -12,6 +12,12 @@
 #   kselftest  tools/testing/selftests/vhost_blk in one VM
 #   e2e        end to end, nested: QEMU with vhost-blk-pci (built by
 #              qemu/build.sh, cached) in a VM, its guest on vhost_blk_poll
+#   dkms       dkms.conf: dkms add, build, install and remove of both
+#              modules for the target kernel, in a tree of its own; the
+#              installed modules load in a VM
+#   intree     make patches: the series applies to Debian's kernel source
+#              and both drivers build in that tree (W=1, no warning);
+#              the extracted tree is kept in $VBP_CACHE/intree
 # CHECK_TESTS narrows the kselftest suite to the named tests (e.g.
 # "virtio_blk_poll.sh"; default: all of TEST_PROGS).
 
@@ -21,7 +27,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=scripts/env.sh
 . "$here/env.sh"
 
-suites=${CHECK_SUITES:-vmrun kselftest e2e}
+suites=${CHECK_SUITES:-vmrun kselftest e2e dkms intree}
 st=$VBP_ROOT/tools/testing/selftests/vhost_blk
 vmrun=$st/vm-run
 out=$VBP_BUILD/check
@@ -266,12 +272,82 @@ suite_e2e() {
 	elapsed "e2e suite" "$t0"
 }
 
+# step NAME LOG COMMAND...: one result line for a command, its output in
+# LOG (the last lines shown on failure); returns its status.
+step() {
+	local name=$1 log=$2 rc
+
+	shift 2
+	"$@" > "$log" 2>&1
+	rc=$?
+	if [ "$rc" = 0 ]; then
+		tap ok "$name"
+	else
+		sed 's/^/# /' "$log" | tail -n 20
+		tap "not ok" "$name" "exit $rc, see $log"
+	fi
+	return $rc
+}
+
+suite_dkms() {
+	local t0 root mods m ko=() vm
+
+	t0=$(date +%s)
+	root=$out/dkms
+	mods=$root/modules/$KVER/updates/dkms
+	step "dkms: add, build and install for $KVER" "$out/dkms-install.log" \
+		env DKMS_ROOT="$root" "$here/dkms.sh" install || return
+	for m in vhost_blk_poll virtio_blk_poll; do
+		ko+=("$(find "$mods" -name "$m.ko*" 2>/dev/null | head -n 1)")
+	done
+	if [ -n "${ko[0]}" ] && [ -n "${ko[1]}" ] &&
+	   [ "$(modinfo -F vermagic "${ko[0]}" | cut -d' ' -f1)" = "$KVER" ] &&
+	   [ "$(modinfo -F vermagic "${ko[1]}" | cut -d' ' -f1)" = "$KVER" ]; then
+		tap ok "dkms: both modules installed for $KVER"
+		vm="modprobe vhost && insmod ${ko[0]} && [ -c /dev/vhost-blk-poll ] &&
+		    insmod ${ko[1]} && grep -q '^virtio_blk_poll ' /proc/modules &&
+		    rmmod virtio_blk_poll vhost_blk_poll"
+		expect_run "dkms: the installed modules load and unload" 0 '' \
+			-t 300 -- bash -c "$vm"
+	else
+		find "$root/modules" 2>&1 | sed 's/^/# /'
+		tap "not ok" "dkms: both modules installed for $KVER" "not in $mods"
+	fi
+	step "dkms: remove" "$out/dkms-remove.log" \
+		env DKMS_ROOT="$root" "$here/dkms.sh" remove
+	elapsed "dkms suite" "$t0"
+}
+
+suite_intree() {
+	local t0 log=$out/intree.log
+
+	t0=$(date +%s)
+	echo "# intree: make patches, applied to $VBP_KSRC_PKG in $VBP_CACHE/intree (extracted once)"
+	"$here/patches.sh" --check "$VBP_CACHE/intree" > "$log" 2>&1
+	if grep -q '^patches: the series applies' "$log"; then
+		tap ok "intree: make patches: the series applies to $VBP_KSRC_PKG"
+	else
+		sed 's/^/# /' "$log" | tail -n 20
+		tap "not ok" "intree: make patches: the series applies to $VBP_KSRC_PKG" "see $log"
+		return
+	fi
+	if grep -q '^patches: built in' "$log"; then
+		tap ok "intree: both drivers build in the tree (W=1, no warning)"
+	else
+		sed 's/^/# /' "$log" | tail -n 20
+		tap "not ok" "intree: both drivers build in the tree (W=1, no warning)" "see $log"
+	fi
+	elapsed "intree suite" "$t0"
+}
+
 echo "TAP version 13"
 for s in $suites; do
 	case "$s" in
 	vmrun) suite_vmrun ;;
 	kselftest) suite_kselftest ;;
 	e2e) suite_e2e ;;
+	dkms) suite_dkms ;;
+	intree) suite_intree ;;
 	*) tap "not ok" "suite $s" "no such suite" ;;
 	esac
 done

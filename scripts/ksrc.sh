@@ -52,7 +52,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 fi
 
 # lib.mk finds the framework and the tests' settings relative to its own
-# real path: copy it, link the rest.
+# real path: copy it, link the rest (not in a copy without the selftests,
+# such as DKMS's).
+[ -d "$VBP_ROOT/tools/testing/selftests" ] || exit 0
 cp "$VBP_KSRC_DIR/tools/testing/selftests/lib.mk" "$VBP_ROOT/tools/testing/selftests/lib.mk"
 for l in "${links[@]}"; do
 	ln -sfn "$VBP_KSRC_DIR/tools/testing/selftests/$l" \

@@ -3,12 +3,13 @@
 #
 # The checks a kernel reviewer runs, on the project's own files; exits
 # non-zero on any finding:
-#   checkpatch.pl --strict   kernel C and headers
+#   checkpatch.pl --strict   kernel C and headers, and make patches' series
 #   W=1                      the modules, rebuilt from clean
 #   sparse (C=2)             the modules
 #   kernel-doc -Wall         the uapi header
 #   shell scripts            shellcheck
 #   QEMU's checkpatch.pl     the QEMU patch series (qemu/patches)
+#   docutils                 Documentation/ renders without a warning
 
 set -uo pipefail
 
@@ -72,7 +73,15 @@ build_clean() {
 	build_quiet "$@"
 }
 
+# The series of make patches, as a maintainer would check it.
+series() {
+	"$here/patches.sh" >/dev/null &&
+		"$ksrc/scripts/checkpatch.pl" --strict --no-tree -q \
+			"$VBP_BUILD"/patches/*.patch
+}
+
 step checkpatch checkpatch
+step "checkpatch (make patches)" series
 step "W=1" build_clean W=1
 if command -v sparse >/dev/null; then
 	# C=2 checks every file, compiled again or not.
@@ -84,6 +93,7 @@ fi
 step kernel-doc "$ksrc/scripts/kernel-doc" -none -Wall include/uapi/linux/vhost_blk.h
 step shellcheck shellcheck -x "${shell[@]}"
 step "QEMU checkpatch" qemu/build.sh -c
+step docs scripts/docs.py Documentation "$VBP_BUILD/docs"
 
 if [ ${#failed[@]} -gt 0 ]; then
 	echo "lint: failed: ${failed[*]}"
