@@ -15,8 +15,10 @@
 #
 # scripts/patches.sh --check DIR: also apply the series to a tree extracted
 # from the source package into DIR (once; kept for the next run) and build
-# the two directories there with the drivers enabled, Debian's
-# configuration otherwise.  make check's "intree" suite runs it.
+# the two directories there (M=drivers/vhost, M=drivers/block, every module
+# of them) with the drivers enabled, Debian's configuration otherwise, and
+# the drivers' files once more with W=1.  make check's "intree" suite runs
+# it.
 
 set -euo pipefail
 
@@ -184,10 +186,20 @@ make -s -C "$tree" -j"$(nproc)" modules_prepare
 # the same build.
 cp "$KDIR/Module.symvers" "$tree/Module.symvers" ||
 	die "no $KDIR/Module.symvers (make deps)"
-make -C "$tree" -j"$(nproc)" W=1 drivers/vhost/vhost_blk_poll.ko \
-	drivers/block/virtio_blk_poll.ko 2>&1 | tee "$out/build.log"
-[ "${PIPESTATUS[0]}" = 0 ] || die "the in-tree build failed (see $out/build.log)"
-if grep -Eiq 'warning:|error:' "$out/build.log"; then
+# The two directories as kbuild builds them with the tree's configuration
+# (every module there, ours among them, modpost included), then our two
+# files again with W=1.  Neither may warn.
+{
+	make -C "$tree" -j"$(nproc)" M=drivers/vhost modules &&
+	make -C "$tree" -j"$(nproc)" M=drivers/block modules &&
+	rm -f "$tree"/drivers/vhost/blk_poll.o "$tree"/drivers/block/virtio_blk_poll.o &&
+	make -C "$tree" -j"$(nproc)" W=1 drivers/vhost/blk_poll.o \
+		drivers/block/virtio_blk_poll.o
+} > "$out/build.log" 2>&1 || { tail -n 30 "$out/build.log"; die "the in-tree build failed (see $out/build.log)"; }
+# Compiler and modpost findings (the tools kbuild builds first, such as
+# genksyms, have warnings of their own in their generated parsers).
+if grep -E '\.[ch]:[0-9]+:([0-9]+:)? (warning|error):|(WARNING|ERROR): modpost' \
+	"$out/build.log"; then
 	die "the in-tree build warns (see $out/build.log)"
 fi
 for m in drivers/vhost/vhost_blk_poll.ko drivers/block/virtio_blk_poll.ko; do
