@@ -84,10 +84,16 @@ die() {
 # 9p a round trip through both emulators: the shell's "read" takes a byte
 # at a time, which made a snapshot take half a minute.  So the shared files
 # are copied in one read each by busybox's cat (one program, the static
-# busybox) to /run, and the shell parses the copies.
+# busybox) to /run, and the shell parses the copies.  fio runs the command
+# with /bin/sh, which sources the snapshot (POSIX shell) rather than start
+# another shell; in L2, /bin/sh is the static busybox (stage_l2).
+# write_snapshot FILE PROC STATS_DIR MODE
 write_snapshot() {
+	local before=clock after=
+
+	[ "$4" = pre ] && before='' after=clock
 	cat > "$1" <<EOF
-#!/bin/busybox sh
+# fio's exec_${4}run, sourced by its /bin/sh.
 # One snapshot at a time: the copies are overwritten.
 t=/run/vbp-snap
 clock() {
@@ -99,8 +105,7 @@ clock() {
 		echo "\$cpu"
 	} < \$t.clock
 }
-mode=\$1
-[ "\$mode" = post ] && clock
+$before
 r=0 k=0 s=0
 /bin/busybox cat $3/*/stats > \$t.host 2>/dev/null
 while read -r vq req kick sig _; do
@@ -125,7 +130,7 @@ n=0
 	done
 } < /proc/interrupts
 echo "irqs \$n"
-[ "\$mode" = pre ] && clock
+$after
 exit 0
 EOF
 }
@@ -137,8 +142,9 @@ run_fio() {
 
 	shift 2
 	mkdir -p "$dir" || return 1
-	snap=$dir/snapshot.sh
-	write_snapshot "$snap" "$PROC" "$STATS_DIR"
+	snap=$dir/snapshot
+	write_snapshot "$snap.pre" "$PROC" "$STATS_DIR" pre
+	write_snapshot "$snap.post" "$PROC" "$STATS_DIR" post
 	{
 		echo "[global]"
 		echo "ioengine=libaio"
@@ -150,8 +156,8 @@ run_fio() {
 		echo "lat_percentiles=1"
 		echo "randrepeat=0"
 		echo "thread=1"
-		echo "exec_prerun=/bin/busybox sh $snap pre"
-		echo "exec_postrun=/bin/busybox sh $snap post"
+		echo "exec_prerun=. $snap.pre"
+		echo "exec_postrun=. $snap.post"
 		for bd in "$@"; do
 			for w in $WORKLOADS; do
 				IFS=: read -r rw bs qd nj <<< "$w"
@@ -204,6 +210,10 @@ stage_l2() {
 	mount -t 9p -o trans=virtio,version=9p2000.L,ro $L1_PROC_TAG $L1_PROC ||
 		die "L2 cannot read L1's /proc"
 	PROC=$L1_PROC STATS_DIR=$STATS_MNT
+
+	# fio starts its snapshots with /bin/sh: a start of dash costs L2
+	# three seconds, one of the static busybox (its shell) one.
+	mount --bind /bin/busybox /bin/sh || say "L2: /bin/sh stays as it is"
 
 	modprobe virtio_blk || die "no virtio_blk"
 	mapfile -t d < <(disks vhost-blk virtio-blk vhost-user-blk)
