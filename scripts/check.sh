@@ -61,6 +61,13 @@ elapsed() {
 	echo "# $1: $(( $(date +%s) - $2 )) s"
 }
 
+# not_ok_with_log LOG NAME REASON: a failed result, after the last lines of
+# the log that tell why.
+not_ok_with_log() {
+	sed 's/^/# /' "$1" | tail -n 20
+	tap "not ok" "$2" "$3"
+}
+
 # expect_run NAME WANT_RC OUTPUT_REGEX VM-RUN-ARGS...: run vm-run and check
 # its exit status and (if the regex is not empty) its combined output.
 expect_run() {
@@ -71,11 +78,9 @@ expect_run() {
 	"$vmrun" "$@" > "$log" 2>&1
 	rc=$?
 	if [ "$rc" != "$want" ]; then
-		sed 's/^/# /' "$log" | tail -n 20
-		tap "not ok" "$name" "exit $rc, expected $want"
+		not_ok_with_log "$log" "$name" "exit $rc, expected $want"
 	elif [ -n "$re" ] && ! grep -Eq "$re" "$log"; then
-		sed 's/^/# /' "$log" | tail -n 20
-		tap "not ok" "$name" "output lacks /$re/"
+		not_ok_with_log "$log" "$name" "output lacks /$re/"
 	else
 		tap ok "$name"
 	fi
@@ -251,8 +256,8 @@ suite_e2e() {
 	t0=$(date +%s)
 	echo "# e2e: QEMU with vhost-blk-pci (qemu/build.sh; minutes when not cached)"
 	if ! qemu=$("$VBP_ROOT/qemu/build.sh" 2> "$out/qemu-build.log"); then
-		sed 's/^/# /' "$out/qemu-build.log" | tail -n 20
-		tap "not ok" "e2e: QEMU with vhost-blk-pci builds" "make qemu failed"
+		not_ok_with_log "$out/qemu-build.log" \
+			"e2e: QEMU with vhost-blk-pci builds" "make qemu failed"
 		return
 	fi
 	tap ok "e2e: QEMU with vhost-blk-pci builds ($(( $(date +%s) - t0 )) s)"
@@ -283,26 +288,27 @@ step() {
 	if [ "$rc" = 0 ]; then
 		tap ok "$name"
 	else
-		sed 's/^/# /' "$log" | tail -n 20
-		tap "not ok" "$name" "exit $rc, see $log"
+		not_ok_with_log "$log" "$name" "exit $rc, see $log"
 	fi
 	return $rc
 }
 
 suite_dkms() {
-	local t0 root mods m ko=() vm
+	local t0 root mods m f ko=() vm
 
 	t0=$(date +%s)
 	root=$out/dkms
 	mods=$root/modules/$KVER/updates/dkms
 	step "dkms: add, build and install for $KVER" "$out/dkms-install.log" \
 		env DKMS_ROOT="$root" "$here/dkms.sh" install || return
+	# Each module, installed and built for that kernel.
 	for m in vhost_blk_poll virtio_blk_poll; do
-		ko+=("$(find "$mods" -name "$m.ko*" 2>/dev/null | head -n 1)")
+		f=$(find "$mods" -name "$m.ko*" 2>/dev/null | head -n 1)
+		[ -n "$f" ] &&
+			[ "$(modinfo -F vermagic "$f" | cut -d' ' -f1)" = "$KVER" ] &&
+			ko+=("$f")
 	done
-	if [ -n "${ko[0]}" ] && [ -n "${ko[1]}" ] &&
-	   [ "$(modinfo -F vermagic "${ko[0]}" | cut -d' ' -f1)" = "$KVER" ] &&
-	   [ "$(modinfo -F vermagic "${ko[1]}" | cut -d' ' -f1)" = "$KVER" ]; then
+	if [ ${#ko[@]} = 2 ]; then
 		tap ok "dkms: both modules installed for $KVER"
 		vm="modprobe vhost && insmod ${ko[0]} && [ -c /dev/vhost-blk-poll ] &&
 		    insmod ${ko[1]} && grep -q '^virtio_blk_poll ' /proc/modules &&
@@ -327,15 +333,13 @@ suite_intree() {
 	if grep -q '^patches: the series applies' "$log"; then
 		tap ok "intree: make patches: the series applies to $VBP_KSRC_PKG"
 	else
-		sed 's/^/# /' "$log" | tail -n 20
-		tap "not ok" "intree: make patches: the series applies to $VBP_KSRC_PKG" "see $log"
+		not_ok_with_log "$log" "intree: make patches: the series applies to $VBP_KSRC_PKG" "see $log"
 		return
 	fi
 	if grep -q '^patches: built in' "$log"; then
 		tap ok "intree: both drivers build in the tree (W=1, no warning)"
 	else
-		sed 's/^/# /' "$log" | tail -n 20
-		tap "not ok" "intree: both drivers build in the tree (W=1, no warning)" "see $log"
+		not_ok_with_log "$log" "intree: both drivers build in the tree (W=1, no warning)" "see $log"
 	fi
 	elapsed "intree suite" "$t0"
 }

@@ -42,10 +42,12 @@ fi
 
 opts=()
 src=/usr/src
+tree=/var/lib/dkms
 if [ -n "${DKMS_ROOT:-}" ]; then
 	src=$DKMS_ROOT/src
-	mkdir -p "$src" "$DKMS_ROOT/dkms" "$DKMS_ROOT/modules/$KVER"
-	opts=(--sourcetree "$src" --dkmstree "$DKMS_ROOT/dkms"
+	tree=$DKMS_ROOT/dkms
+	mkdir -p "$src" "$tree" "$DKMS_ROOT/modules/$KVER"
+	opts=(--sourcetree "$src" --dkmstree "$tree"
 	      --installtree "$DKMS_ROOT/modules" --no-depmod)
 fi
 dest=$src/$name-$version
@@ -65,7 +67,7 @@ install() {
 		-cf - "${files[@]}" | tar -C "$dest" -xf -
 	dkms add "${opts[@]}" -m "$name" -v "$version"
 	dkms build "${opts[@]}" -m "$name" -v "$version" -k "$KVER" ||
-		die "build failed; its log: ${DKMS_ROOT:+$DKMS_ROOT/dkms}${DKMS_ROOT:-/var/lib/dkms}/$name/$version/build/make.log"
+		die "build failed; its log: $tree/$name/$version/build/make.log"
 	dkms install "${opts[@]}" -m "$name" -v "$version" -k "$KVER"
 	dkms status "${opts[@]}" -m "$name" -v "$version"
 }

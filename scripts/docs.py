@@ -28,8 +28,7 @@ def doc_exists(name):
 
 
 def doc_link(name, text):
-    ref = nodes.reference(text, text, refuri=name + ".html")
-    return ref
+    return nodes.reference(text, text, refuri=name + ".html")
 
 
 class TocTree(Directive):

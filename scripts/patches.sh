@@ -165,8 +165,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$version" ]; then
 fi
 tar -xJf "$VBP_SRC_TARBALL" -C "$tree" --strip-components=1 \
 	"${changed[@]/#/$VBP_SRC_TOP/}"
-rm -f "$tree"/include/uapi/linux/vhost_blk.h "$tree"/drivers/vhost/blk_poll.c \
-	"$tree"/drivers/block/virtio_blk_poll.c
+mapfile -t added < <(git -C "$work" diff --name-only --diff-filter=A "$base")
+rm -f "${added[@]/#/$tree/}"
 (cd "$tree" && git apply --whitespace=error-all "$out"/*.patch) ||
 	die "the series does not apply to $tree"
 echo "patches: the series applies to $VBP_KSRC_PKG $version"
@@ -189,12 +189,12 @@ cp "$KDIR/Module.symvers" "$tree/Module.symvers" ||
 # The two directories as kbuild builds them with the tree's configuration
 # (every module there, ours among them, modpost included), then our two
 # files again with W=1.  Neither may warn.
+objs=(drivers/vhost/blk_poll.o drivers/block/virtio_blk_poll.o)
 {
 	make -C "$tree" -j"$(nproc)" M=drivers/vhost modules &&
 	make -C "$tree" -j"$(nproc)" M=drivers/block modules &&
-	rm -f "$tree"/drivers/vhost/blk_poll.o "$tree"/drivers/block/virtio_blk_poll.o &&
-	make -C "$tree" -j"$(nproc)" W=1 drivers/vhost/blk_poll.o \
-		drivers/block/virtio_blk_poll.o
+	rm -f "${objs[@]/#/$tree/}" &&
+	make -C "$tree" -j"$(nproc)" W=1 "${objs[@]}"
 } > "$out/build.log" 2>&1 || { tail -n 30 "$out/build.log"; die "the in-tree build failed (see $out/build.log)"; }
 # Compiler and modpost findings (the tools kbuild builds first, such as
 # genksyms, have warnings of their own in their generated parsers).
