@@ -76,69 +76,89 @@ die() {
 }
 
 # The snapshot fio takes before and after each job (exec_prerun and
-# exec_postrun; fio keeps its output in <job>.prerun.txt and
-# <job>.postrun.txt): L1's uptime and CPU times, the host module's
-# counters, and the virtqueue interrupts of this machine.  The clock and CPU
-# times are read last before the job and first after it.  In L2 every
+# exec_postrun), in <job>.pre and <job>.post: L1's uptime and CPU times, the
+# host module's counters, and the virtqueue interrupts of this machine.
+# The clock and CPU times are read last before the job and first after it.
+# fio runs the command in every clone of a job (numjobs) at about the same
+# time: the clones that come first wait, the last one takes the snapshot
+# before any of them starts its I/O, and the last to finish takes the one
+# after (files created with noclobber number the clones).  In L2 every
 # program start costs about a second and every read of a file shared over
-# 9p a round trip through both emulators: the shell's "read" takes a byte
-# at a time, which made a snapshot take half a minute.  So the shared files
-# are copied in one read each by busybox's cat (one program, the static
-# busybox) to /run, and the shell parses the copies.  fio runs the command
-# with /bin/sh, which sources the snapshot (POSIX shell) rather than start
-# another shell; in L2, /bin/sh is the static busybox (stage_l2).
+# 9p a round trip through both emulators (the shell's "read" takes a byte
+# at a time: a snapshot took half a minute).  So busybox's cat (the static
+# busybox, one program) copies the shared files in one read each to /run
+# and the shell parses the copies with its builtins.  fio runs the command
+# with /bin/sh, which sources the snapshot (POSIX shell, with job= and nj=
+# set) rather than start another shell; in L2, /bin/sh is the static
+# busybox (stage_l2).
 # write_snapshot FILE PROC STATS_DIR MODE
 write_snapshot() {
-	local before=clock after=
-
-	[ "$4" = pre ] && before='' after=clock
-	cat > "$1" <<EOF
-# fio's exec_${4}run, sourced by its /bin/sh.
-# One snapshot at a time: the copies are overwritten.
+	{
+		echo "# fio's exec_${4}run, sourced by its /bin/sh with job= and nj= set."
+		echo "mode=$4 proc=$2 stats=$3 out=$(dirname "$1")"
+		cat <<'SNAP'
 t=/run/vbp-snap
 clock() {
-	/bin/busybox cat $2/uptime $2/stat > \$t.clock
+	/bin/busybox cat "$proc/uptime" "$proc/stat" > "$t.clock"
 	{
 		read -r up _
-		echo "uptime \$up"
+		echo "uptime $up"
 		read -r cpu
-		echo "\$cpu"
-	} < \$t.clock
+		echo "$cpu"
+	} < "$t.clock"
 }
-$before
-r=0 k=0 s=0
-/bin/busybox cat $3/*/stats > \$t.host 2>/dev/null
-while read -r vq req kick sig _; do
-	case "\$vq" in *[!0-9]*|"") continue ;; esac
-	r=\$((r + req)) k=\$((k + kick)) s=\$((s + sig))
-done < \$t.host
-echo "host \$r \$k \$s"
-n=0
-{
-	read -r head
-	set -- \$head
-	ncpu=\$#
-	while read -r _ rest; do
-		case "\$rest" in *virtio*-req.*) ;; *) continue ;; esac
-		set -- \$rest
-		i=0
-		while [ \$i -lt \$ncpu ]; do
-			n=\$((n + \$1))
-			shift
-			i=\$((i + 1))
+counters() {
+	r=0 k=0 s=0
+	/bin/busybox cat "$stats"/*/stats > "$t.host" 2>/dev/null
+	while read -r vq req kick sig _; do
+		case "$vq" in *[!0-9]*|"") continue ;; esac
+		r=$((r + req)) k=$((k + kick)) s=$((s + sig))
+	done < "$t.host"
+	echo "host $r $k $s"
+	n=0
+	{
+		read -r head
+		set -- $head
+		ncpu=$#
+		while read -r _ rest; do
+			case "$rest" in *virtio*-req.*) ;; *) continue ;; esac
+			set -- $rest
+			i=0
+			while [ $i -lt $ncpu ]; do
+				n=$((n + $1))
+				shift
+				i=$((i + 1))
+			done
 		done
-	done
-} < /proc/interrupts
-echo "irqs \$n"
-$after
+	} < /proc/interrupts
+	echo "irqs $n"
+}
+# This clone's number in the order of arrival.
+c=1
+until { set -C; true > "$t.$job.$mode.$c"; } 2>/dev/null; do
+	c=$((c + 1))
+done
+set +C
+if [ "$mode" = pre ]; then
+	if [ "$c" -lt "$nj" ]; then
+		while [ ! -e "$t.$job.pre.done" ]; do :; done
+		exit 0
+	fi
+	{ counters; clock; } > "$out/$job.pre"
+	true > "$t.$job.pre.done"
+else
+	[ "$c" -eq "$nj" ] || exit 0
+	{ clock; counters; } > "$out/$job.post"
+fi
 exit 0
-EOF
+SNAP
+	} > "$1"
 }
 
 # run_fio PATH-LABEL DIR BACKEND=DEVICE...: one fio run, a job per backend
 # and workload one after the other, results and snapshots in DIR.
 run_fio() {
-	local label=$1 dir=$2 jobs=$2/jobs.fio bd w rw bs qd nj snap
+	local label=$1 dir=$2 jobs=$2/jobs.fio bd w rw bs qd nj snap job
 
 	shift 2
 	mkdir -p "$dir" || return 1
@@ -156,12 +176,13 @@ run_fio() {
 		echo "lat_percentiles=1"
 		echo "randrepeat=0"
 		echo "thread=1"
-		echo "exec_prerun=. $snap.pre"
-		echo "exec_postrun=. $snap.post"
 		for bd in "$@"; do
 			for w in $WORKLOADS; do
 				IFS=: read -r rw bs qd nj <<< "$w"
-				echo "[$label.${bd%%=*}.$rw-$bs-qd$qd-j$nj]"
+				job=$label.${bd%%=*}.$rw-$bs-qd$qd-j$nj
+				echo "[$job]"
+				echo "exec_prerun=job=$job nj=$nj . $snap.pre"
+				echo "exec_postrun=job=$job nj=$nj . $snap.post"
 				echo "stonewall"
 				echo "filename=${bd#*=}"
 				echo "rw=$rw"

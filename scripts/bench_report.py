@@ -68,8 +68,8 @@ def rows_of(raw, path):
     for job in fio["jobs"]:
         name = job["jobname"]
         _, backend, wl = name.split(".", 2)
-        pre = snapshot(os.path.join(d, name + ".prerun.txt"))
-        post = snapshot(os.path.join(d, name + ".postrun.txt"))
+        pre = snapshot(os.path.join(d, name + ".pre"))
+        post = snapshot(os.path.join(d, name + ".post"))
         ios = sum(job[k]["total_ios"] for k in ("read", "write"))
         side = job["write"] if job["write"]["total_ios"] else job["read"]
         lat = side["lat_ns"]
