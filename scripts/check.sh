@@ -100,6 +100,8 @@ suite_vmrun() {
 		-t 300 -- insmod "$st/test_modules/test_vmrun_warn.ko"
 	expect_run "vm-run: a guest that dies fails the run" 125 \
 		'guest died' -t 300 -- bash -c 'echo c > /proc/sysrq-trigger'
+	expect_run "vm-run: a guest that fails before its command is booted once more" \
+		125 'booting it once more' -t 300 -a -device -a no-such-device -- true
 	expect_run "vm-run: the timeout stops a hung command" 124 'timeout' \
 		-t 40 -- sleep 100000
 	# shellcheck disable=SC2016 # expanded by the guest's shell
@@ -140,7 +142,7 @@ suite_kselftest() {
 	local t0 tests imgs disks dargs log rc counts p f s
 
 	t0=$(date +%s)
-	mapfile -t tests < <(make -s -C "$st" emit_tests 2>/dev/null |
+	mapfile -t tests < <(make -s --no-print-directory -C "$st" emit_tests 2>/dev/null |
 			     sed -n 's/^[^:]*://p')
 	if [ ${#tests[@]} = 0 ]; then
 		tap "not ok" "kselftest: list of tests" "make emit_tests listed none"
