@@ -76,7 +76,8 @@ ifeq ($(KERNEL),debug)
 check:
 	scripts/debug-kernel.sh
 	$(MAKE) check KERNEL= $$(scripts/debug-kernel.sh --env) \
-		CHECK_SUITES="$(or $(CHECK_SUITES),vmrun kselftest)"
+		CHECK_SUITES="$(or $(CHECK_SUITES),vmrun kselftest)" \
+		CHECK_TIME_SCALE=$(or $(CHECK_TIME_SCALE),8)
 else
 check: all
 	scripts/check.sh

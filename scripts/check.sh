@@ -19,7 +19,11 @@
 #              and both drivers build in that tree (W=1, no warning);
 #              the extracted tree is kept in $VBP_CACHE/intree
 # CHECK_TESTS narrows the kselftest suite to the named tests (e.g.
-# "virtio_blk_poll.sh"; default: all of TEST_PROGS).
+# "virtio_blk_poll.sh"; default: all of TEST_PROGS).  CHECK_TIME_SCALE
+# (default 1; make check KERNEL=debug: 8) multiplies the kselftest VM's and
+# each test's time limit, for kernels that run that much slower.  The
+# fuzzer's knobs (VBP_FUZZ_REQUESTS, VBP_RACE_ROUNDS, VBP_FUZZ_SEED) reach
+# the kselftest VM when set.
 
 set -uo pipefail
 
@@ -28,6 +32,9 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/env.sh"
 
 suites=${CHECK_SUITES:-vmrun kselftest e2e dkms intree}
+scale=${CHECK_TIME_SCALE:-1}
+[[ "$scale" =~ ^[1-9][0-9]*$ ]] ||
+	{ echo "check: CHECK_TIME_SCALE wants a positive whole number, not '$scale'" >&2; exit 2; }
 st=$VBP_ROOT/tools/testing/selftests/vhost_blk
 vmrun=$st/vm-run
 out=$VBP_BUILD/check
@@ -175,8 +182,13 @@ suite_kselftest() {
 		",logical_block_size=4096,physical_block_size=4096,min_io_size=8192,opt_io_size=65536"
 	dargs+=(-a -device -a "pcie-root-port,id=vbp-rp,chassis=1")
 	vdisk vbp-hot 64M 1 :hot "" ",bus=vbp-rp"
+	for v in VBP_FUZZ_REQUESTS VBP_RACE_ROUNDS VBP_FUZZ_SEED; do
+		[ -z "${!v:-}" ] || dargs+=(-e "$v=${!v}")
+	done
+	[ "$scale" = 1 ] ||
+		dargs+=(-e "kselftest_override_timeout=$((600 * scale))")
 	log=$out/kselftest.log
-	run_logged "$log" "$vmrun" -c 2 -m 2G -t 2400 -Q "${dargs[@]}" \
+	run_logged "$log" "$vmrun" -c 2 -m 2G -t $((2400 * scale)) -Q "${dargs[@]}" \
 		-e "VBP_TEST_DISKS=${disks[*]}" \
 		-e "BASE_DIR=$VBP_ROOT/tools/testing/selftests" \
 		-- bash -c '. ../kselftest/runner.sh && run_many "$@"' run \
