@@ -93,9 +93,12 @@ die() {
 # busybox (stage_l2).
 # write_snapshot FILE PROC STATS_DIR MODE
 write_snapshot() {
+	local dir
+
+	dir=$(dirname "$1")
 	{
 		echo "# fio's exec_${4}run, sourced by its /bin/sh with job= and nj= set."
-		echo "mode=$4 proc=$2 stats=$3 out=$(dirname "$1")"
+		echo "mode=$4 proc=$2 stats=$3 out=$dir"
 		cat <<'SNAP'
 t=/run/vbp-snap
 clock() {
