@@ -55,8 +55,9 @@ vbp_wait_for /dev/nullb0 || exit "$KSFT_FAIL"
 # handler too, under the RCU read lock of iocb_bio_iopoll(): a sleeping
 # allocation in atomic context that kernels with DEBUG_ATOMIC_SLEEP report
 # (Linux 6.12; io_uring's polled writes alone get the same report).  The
-# fuzzed area (8 to 12 MiB) is written once here, unpolled, so that no
-# write of the test allocates.
+# first 16 MiB are written once here, unpolled, so that no write of the
+# test allocates: the fuzzed area (8 to 12 MiB, which the test also fills
+# unpolled) and the sector of its liveness checks (9000, 4.4 MiB).
 dd if=/dev/zero of=/dev/nullb0 bs=1M count=16 oflag=direct status=none ||
 	exit "$KSFT_FAIL"
 fuzz "polled null_blk" "-r fuzz.rings" $((REQUESTS / 5)) \
