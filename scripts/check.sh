@@ -189,7 +189,10 @@ suite_kselftest() {
 	[ "$scale" = 1 ] ||
 		dargs+=(-e "kselftest_override_timeout=$((600 * scale))")
 	log=$out/kselftest.log
+	# SLUB debugging (slub_debug=U) makes slab counts exact for
+	# module_load.sh's leak checks and records who allocated each object.
 	run_logged "$log" "$vmrun" -c 2 -m 2G -t $((2400 * scale)) -Q "${dargs[@]}" \
+		-p slub_debug=U \
 		-e "VBP_TEST_DISKS=${disks[*]}" \
 		-e "BASE_DIR=$VBP_ROOT/tools/testing/selftests" \
 		-- bash -c '. ../kselftest/runner.sh && run_many "$@"' run \
