@@ -99,8 +99,9 @@ suite_vmrun() {
 
 	t0=$(date +%s)
 	# shellcheck disable=SC2016 # expanded by the guest's shell
-	expect_run "vm-run: a clean command passes and its output is shown" 0 \
-		'^marker-42$' -t 300 -- bash -c 'echo marker-$((6 * 7))'
+	expect_run "vm-run: a clean command passes and its output is shown (-p: a kernel parameter)" 0 \
+		'^marker-42$' -t 300 -p vbp.marker=42 -- \
+		bash -c 'grep -qw vbp.marker=42 /proc/cmdline && echo marker-$((6 * 7))'
 	expect_run "vm-run: the command's exit status is returned" 3 '' \
 		-t 300 -- bash -c 'exit 3'
 	expect_run "vm-run: a kernel warning fails the run" 125 \

@@ -330,3 +330,37 @@ vbp_qmp_wait_event() {
 	echo "$_vbp_qmp_line"
 	_vbp_qmp_close
 }
+
+# vbp_polled_nullb NAME MIB: make /dev/NAME, a memory-backed null_blk of
+# MIB MiB with two submission and two poll queues, through configfs, and
+# write all of it once.  A memory-backed null_blk allocates the page of a
+# sector on its first write, in its poll handler too, and Linux 6.12 does
+# that under the RCU read lock of bio polling (null_poll ->
+# null_insert_page, which a kernel with DEBUG_ATOMIC_SLEEP reports).
+# Written beforehand, polled I/O finds every page there.
+vbp_polled_nullb() {
+	local name=$1 mib=$2 d=/sys/kernel/config/nullb/$1
+
+	if ! vbp_loaded null_blk; then
+		modprobe null_blk nr_devices=0 queue_mode=2 submit_queues=2 \
+			poll_queues=2 || return
+	fi
+	mountpoint -q /sys/kernel/config ||
+		mount -t configfs none /sys/kernel/config || return
+	mkdir "$d" || return
+	echo "$mib" > "$d/size" &&
+		echo 1 > "$d/memory_backed" &&
+		echo 1 > "$d/power" &&
+		vbp_wait_for "/dev/$name" &&
+		dd if=/dev/zero of="/dev/$name" bs=1M count="$mib" \
+			oflag=direct status=none
+}
+
+# vbp_nullb_remove NAME: power off and remove a null_blk made through
+# configfs, if it is there.
+vbp_nullb_remove() {
+	local d=/sys/kernel/config/nullb/$1
+
+	[ -d "$d" ] || return 0
+	echo 0 > "$d/power" && rmdir "$d"
+}

@@ -24,6 +24,7 @@ tmp=$(mktemp -d)
 
 # shellcheck disable=SC2317 # called by the trap
 cleanup() {
+	vbp_nullb_remove vbppoll
 	vbp_loaded null_blk && rmmod null_blk
 	vbp_loaded vhost_blk_poll && vbp_unload_host
 	rm -rf "$tmp"
@@ -48,26 +49,16 @@ fuzz() {
 fuzz "file on tmpfs" "-f fuzz" "$REQUESTS" VBP_TEST_DIR="$tmp"
 
 # Polled I/O: the vrings that poll submit to the poll queues.
-modprobe null_blk nr_devices=1 memory_backed=1 gb=1 queue_mode=2 \
-	submit_queues=2 poll_queues=2 || exit "$KSFT_FAIL"
-vbp_wait_for /dev/nullb0 || exit "$KSFT_FAIL"
-# null_blk allocates the page of a sector on its first write, in its poll
-# handler too, under the RCU read lock of iocb_bio_iopoll(): a sleeping
-# allocation in atomic context that kernels with DEBUG_ATOMIC_SLEEP report
-# (Linux 6.12; io_uring's polled writes alone get the same report).  The
-# first 16 MiB are written once here, unpolled, so that no write of the
-# test allocates: the fuzzed area (8 to 12 MiB, which the test also fills
-# unpolled) and the sector of its liveness checks (9000, 4.4 MiB).
-dd if=/dev/zero of=/dev/nullb0 bs=1M count=16 oflag=direct status=none ||
-	exit "$KSFT_FAIL"
+vbp_polled_nullb vbppoll 64 || exit "$KSFT_FAIL"
 fuzz "polled null_blk" "-r fuzz.rings" $((REQUESTS / 5)) \
-	VBP_TEST_DIR="$tmp" VBP_TEST_BDEV=/dev/nullb0
+	VBP_TEST_DIR="$tmp" VBP_TEST_BDEV=/dev/vbppoll
 # Raced, a polling ring on it sees a polled request time out now and then
 # (null_blk fails it after 5 s unpolled): the races run without polling
 # here until that is understood; make soak runs them polled too.
 fuzz "null_blk" "-r fuzz.races" 0 VBP_TEST_DIR="$tmp" \
-	VBP_TEST_BDEV=/dev/nullb0 VBP_FUZZ_POLL="${VBP_RACE_POLL:-0}"
-rmmod null_blk
+	VBP_TEST_BDEV=/dev/vbppoll VBP_FUZZ_POLL="${VBP_RACE_POLL:-0}"
+vbp_nullb_remove vbppoll || rc=$KSFT_FAIL
+rmmod null_blk || rc=$KSFT_FAIL
 
 vbp_unload_host || rc=$KSFT_FAIL
 exit "$rc"

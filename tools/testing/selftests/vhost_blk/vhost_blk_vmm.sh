@@ -15,14 +15,14 @@ tmp=$(mktemp -d)
 loopdev=
 
 nullb=/sys/kernel/config/nullb/vbpbad
+# The polled null_blk, in MiB, the size of the other disks.
+NULLB_MIB=64
 
 # shellcheck disable=SC2317 # called by the trap
 cleanup() {
 	[ -n "$loopdev" ] && losetup -d "$loopdev"
-	if [ -d "$nullb" ]; then
-		echo 0 > "$nullb/power"
-		rmdir "$nullb"
-	fi
+	vbp_nullb_remove vbpbad
+	vbp_nullb_remove vbppoll
 	vbp_loaded null_blk && rmmod null_blk
 	vbp_loaded brd && rmmod brd
 	vbp_loaded vhost_blk_poll && vbp_unload_host
@@ -49,10 +49,8 @@ run() {
 run "file on tmpfs" file VBP_TEST_DIR="$tmp"
 
 # Two submission queues and two poll queues: per-CPU hctxs, polled I/O.
-modprobe null_blk nr_devices=1 memory_backed=1 gb=1 queue_mode=2 \
-	submit_queues=2 poll_queues=2 || exit "$KSFT_FAIL"
-vbp_wait_for /dev/nullb0 || exit "$KSFT_FAIL"
-run "null_blk" bdev VBP_TEST_DIR="$tmp" VBP_TEST_BDEV=/dev/nullb0
+vbp_polled_nullb vbppoll $NULLB_MIB || exit "$KSFT_FAIL"
+run "null_blk" bdev VBP_TEST_DIR="$tmp" VBP_TEST_BDEV=/dev/vbppoll
 
 modprobe loop || exit "$KSFT_FAIL"
 modprobe brd rd_nr=1 rd_size=65536 || exit "$KSFT_FAIL"
@@ -67,7 +65,6 @@ run "loop" bdev VBP_TEST_DIR="$tmp" VBP_TEST_BDEV="$loopdev"
 # A null_blk whose sectors 8192-8199 fail, made through configfs: I/O
 # errors of the backend fail exactly the requests that meet them.
 BAD_SECTOR=8192
-mountpoint -q /sys/kernel/config || mount -t configfs none /sys/kernel/config
 mkdir "$nullb" || exit "$KSFT_FAIL"
 echo 64 > "$nullb/size"
 echo 1 > "$nullb/memory_backed"
@@ -97,13 +94,13 @@ else
 		target=error writes=
 		if [ $kind = flakey ]; then
 			# Up for 0 s, down for 1: always failing writes.
-			target="flakey /dev/nullb0 $BAD_SECTOR 0 1 1 error_writes"
+			target="flakey /dev/vbppoll $BAD_SECTOR 0 1 1 error_writes"
 			writes=1
 		fi
 		dmsetup create --noudevsync vbpdm <<-EOT || { rc=$KSFT_FAIL; continue; }
-			0 $BAD_SECTOR linear /dev/nullb0 0
+			0 $BAD_SECTOR linear /dev/vbppoll 0
 			$BAD_SECTOR 16 $target
-			$((BAD_SECTOR + 16)) $((131072 - BAD_SECTOR - 16)) linear /dev/nullb0 $((BAD_SECTOR + 16))
+			$((BAD_SECTOR + 16)) $((NULLB_MIB * 2048 - BAD_SECTOR - 16)) linear /dev/vbppoll $((BAD_SECTOR + 16))
 		EOT
 		dev=$(dm_dev vbpdm)
 		vbp_wait_for "$dev" || rc=$KSFT_FAIL
