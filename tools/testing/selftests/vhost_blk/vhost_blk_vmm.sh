@@ -52,6 +52,27 @@ run "file on tmpfs" file VBP_TEST_DIR="$tmp"
 vbp_polled_nullb vbppoll $NULLB_MIB || exit "$KSFT_FAIL"
 run "null_blk" bdev VBP_TEST_DIR="$tmp" VBP_TEST_BDEV=/dev/vbppoll
 
+# null_blk's fault injection, where the kernel has it
+# (CONFIG_BLK_DEV_NULL_BLK_FAULT_INJECTION, as make check KERNEL=debug's
+# does): requests the backend loses, which the block layer times out
+# (after 1 s here), and dispatches it sends back to be made again.
+inject=/sys/kernel/config/nullb/vbppoll
+if [ -d "$inject/timeout_inject" ]; then
+	timeout_ms=$(cat /sys/block/vbppoll/queue/io_timeout)
+	echo 1000 > /sys/block/vbppoll/queue/io_timeout
+	echo "# backend: null_blk with fault injection"
+	VBP_TEST_BDEV=/dev/vbppoll \
+		VBP_TEST_TIMEOUT_INJECT="$inject/timeout_inject" \
+		VBP_TEST_REQUEUE_INJECT="$inject/requeue_inject" \
+		"$VMM_TEST" -r vmm.bdev.backend_timeouts \
+		-r vmm.bdev.backend_requeues || rc=$KSFT_FAIL
+	echo 0 > "$inject/timeout_inject/probability"
+	echo 0 > "$inject/requeue_inject/probability"
+	echo "$timeout_ms" > /sys/block/vbppoll/queue/io_timeout
+else
+	echo "# SKIP null_blk fault injection: not in this kernel (CONFIG_BLK_DEV_NULL_BLK_FAULT_INJECTION)"
+fi
+
 modprobe loop || exit "$KSFT_FAIL"
 modprobe brd rd_nr=1 rd_size=65536 || exit "$KSFT_FAIL"
 vbp_wait_for /dev/ram0 || exit "$KSFT_FAIL"
@@ -65,19 +86,16 @@ run "loop" bdev VBP_TEST_DIR="$tmp" VBP_TEST_BDEV="$loopdev"
 # A null_blk whose sectors 8192-8199 fail, made through configfs: I/O
 # errors of the backend fail exactly the requests that meet them.
 BAD_SECTOR=8192
-mkdir "$nullb" || exit "$KSFT_FAIL"
-echo 64 > "$nullb/size"
-echo 1 > "$nullb/memory_backed"
+# Polled requests meet the errors too: written in full, then the bad
+# blocks set.
+vbp_polled_nullb vbpbad $NULLB_MIB || exit "$KSFT_FAIL"
 echo "+$BAD_SECTOR-$((BAD_SECTOR + 7))" > "$nullb/badblocks"
-echo 1 > "$nullb/power"
 # The disk is named after the configfs item.
 baddev=/dev/$(basename "$nullb")
-vbp_wait_for "$baddev" || exit "$KSFT_FAIL"
 echo "# backend: null_blk with bad blocks"
 VBP_TEST_BDEV=$baddev VBP_TEST_BAD_SECTOR=$BAD_SECTOR \
 	"$VMM_TEST" -r vmm.bdev.backend_io_errors || rc=$KSFT_FAIL
-echo 0 > "$nullb/power"
-rmdir "$nullb"
+vbp_nullb_remove vbpbad || rc=$KSFT_FAIL
 
 # Device mapper on the first null_blk: sectors 8192-8207 of an "error"
 # target (every I/O fails), then of a "flakey" one that fails only writes.
@@ -113,11 +131,7 @@ else
 fi
 
 # A null_blk removed through configfs while it is the backend.
-mkdir "$nullb" || exit "$KSFT_FAIL"
-echo 64 > "$nullb/size"
-echo 1 > "$nullb/memory_backed"
-echo 1 > "$nullb/power"
-vbp_wait_for "$baddev" || exit "$KSFT_FAIL"
+vbp_polled_nullb vbpbad $NULLB_MIB || exit "$KSFT_FAIL"
 echo "# backend: null_blk, removed while attached"
 VBP_TEST_BDEV=$baddev VBP_TEST_REMOVE="echo 0 > $nullb/power && rmdir $nullb" \
 	"$VMM_TEST" -r vmm.bdev.backend_removed || rc=$KSFT_FAIL

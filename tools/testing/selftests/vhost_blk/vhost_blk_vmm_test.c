@@ -84,6 +84,7 @@
 #define ALIVE_SECTOR	9000
 #define DZ_SECTOR	3000
 #define DZ_LEN		64
+#define PB_SECTOR	24576	/* 128 sectors */
 
 /* The queues x requests test. */
 #define BIG_REQS	1000
@@ -2697,6 +2698,14 @@ struct xreq {
 	uint32_t used_len;
 };
 
+/* The poll budget of ring q, in microseconds (0: notifications only). */
+static int set_poll_us(struct vmm *v, unsigned int q, unsigned int us)
+{
+	struct vhost_vring_state s = { .index = q, .num = us };
+
+	return ioctl(v->fd, VHOST_SET_VRING_BUSYLOOP_TIMEOUT, &s);
+}
+
 /*
  * Guest memory for n requests of up to len bytes each: r[i].data, .hdr and
  * .st.  The regions' space is used up by the tests, so keep n * len small.
@@ -2717,11 +2726,12 @@ static void xreq_alloc(struct vmm *v, struct xreq *r, unsigned int n,
 }
 
 /*
- * Adds n requests round robin over the queues, kicks them all, and waits
- * for every answer (false after WAIT_MS without one).
+ * Adds n requests to queue (round robin over the queues when it is
+ * negative), kicks them all, and waits for every answer (false after
+ * WAIT_MS without one).
  */
-static bool xreq_run(struct __test_metadata *_metadata, struct ctx *c,
-		     struct xreq *r, unsigned int n)
+static bool xreq_run_on(struct __test_metadata *_metadata, struct ctx *c,
+			struct xreq *r, unsigned int n, int queue)
 {
 	struct vmm *v = &c->v;
 	unsigned int i, q, done = 0;
@@ -2729,7 +2739,7 @@ static bool xreq_run(struct __test_metadata *_metadata, struct ctx *c,
 	struct used u;
 
 	for (i = 0; i < n; i++) {
-		q = i % v->nq;
+		q = queue < 0 ? i % v->nq : (unsigned int)queue;
 		set_hdr(v, r[i].hdr, r[i].type, r[i].sector);
 		*gptr(v, r[i].st) = 0xff;
 		s[0] = (struct seg){ r[i].hdr, HDR_SIZE, false };
@@ -2755,6 +2765,20 @@ static bool xreq_run(struct __test_metadata *_metadata, struct ctx *c,
 		}
 	}
 	return true;
+}
+
+static bool xreq_run(struct __test_metadata *_metadata, struct ctx *c,
+		     struct xreq *r, unsigned int n)
+{
+	return xreq_run_on(_metadata, c, r, n, -1);
+}
+
+/* A request of r for one 4 KiB page. */
+static void xreq_page(struct xreq *r, uint32_t type, uint64_t sector)
+{
+	r->type = type;
+	r->sector = sector;
+	r->len = type == VIRTIO_BLK_T_FLUSH ? 0 : 4096;
 }
 
 /*
@@ -2833,6 +2857,175 @@ TEST_F(vmm, backend_io_errors)
 	}
 	TH_LOG("%u requests of each kind, %u touching the bad sectors", n,
 	       nfail);
+	check_alive(_metadata, c);
+}
+
+/* Sets attribute name of a fault injection directory (configfs). */
+static int fault_set(const char *dir, const char *name, long value)
+{
+	char path[PATH_MAX];
+	FILE *f;
+	int ret;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	f = fopen(path, "w");
+	if (!f)
+		return -errno;
+	ret = fprintf(f, "%ld\n", value) < 0 ? -EIO : 0;
+	if (fclose(f))
+		ret = -errno;
+	return ret;
+}
+
+/* Reads attribute name of a fault injection directory, or -1. */
+static long fault_get(const char *dir, const char *name)
+{
+	char path[PATH_MAX];
+	long value = -1;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	f = fopen(path, "r");
+	if (!f)
+		return -1;
+	if (fscanf(f, "%ld", &value) != 1)
+		value = -1;
+	fclose(f);
+	return value;
+}
+
+/*
+ * Arms the fault injection directory dir: each request fails with
+ * probability percent, at most times in all, quietly.
+ */
+static void fault_arm(struct __test_metadata *_metadata, const char *dir,
+		      long probability, long times)
+{
+	ASSERT_EQ(0, fault_set(dir, "verbose", 0));
+	ASSERT_EQ(0, fault_set(dir, "interval", 1));
+	ASSERT_EQ(0, fault_set(dir, "times", times));
+	ASSERT_EQ(0, fault_set(dir, "probability", probability))
+		TH_LOG("cannot arm %s", dir);
+}
+
+/* Where the fault injection tests write: 32 pages, 16 sectors apart. */
+#define FI_SECTOR	28672
+#define FI_REQS		32
+
+/*
+ * Writes of FI_REQS pages, apart so that none merges, all in flight on
+ * the notification-driven rings; what each should read back in expect.
+ */
+static void fi_writes(struct __test_metadata *_metadata, struct ctx *c,
+		      struct xreq *r, uint8_t (*expect)[4096])
+{
+	unsigned int i;
+
+	for (i = 0; i < FI_REQS; i++) {
+		xreq_page(&r[i], VIRTIO_BLK_T_OUT, FI_SECTOR + 16 * i);
+		fill_rand(expect[i], 4096, next_seed(c));
+		memcpy(gpa_to_hva(&c->v, r[i].data, 4096), expect[i], 4096);
+	}
+	ASSERT_TRUE(xreq_run(_metadata, c, r, FI_REQS))
+		TH_LOG("writes not answered");
+}
+
+/*
+ * The backend loses requests, which the block layer then times out:
+ * null_blk's timeout fault injection (VBP_TEST_TIMEOUT_INJECT, its
+ * configfs directory; the device's io_timeout set short), armed for 5 of
+ * 32 writes in flight.  Exactly 5 fail, with IOERR, once timed out; the
+ * others work and read back, and so does every request after them.
+ */
+TEST_F_TIMEOUT(vmm, backend_timeouts, 300)
+{
+	const char *dir = getenv("VBP_TEST_TIMEOUT_INJECT");
+	struct ctx *c = &self->c;
+	uint8_t (*expect)[4096];
+	struct xreq r[FI_REQS];
+	unsigned int i, q, failed = 0;
+	enum { LOST = 5 };
+
+	if (!dir || !c->be.bdev)
+		SKIP(return, "VBP_TEST_TIMEOUT_INJECT names no fault injection");
+	expect = calloc(FI_REQS, sizeof(*expect));
+	ASSERT_NE(NULL, expect);
+	for (q = 0; q < c->v.nq; q++)
+		ASSERT_EQ(0, set_poll_us(&c->v, q, 0));
+	xreq_alloc(&c->v, r, FI_REQS, 4096);
+	fault_arm(_metadata, dir, 100, LOST);
+	fi_writes(_metadata, c, r, expect);
+	EXPECT_EQ(0, fault_get(dir, "times"));
+	ASSERT_EQ(0, fault_set(dir, "probability", 0));
+	for (i = 0; i < FI_REQS; i++) {
+		EXPECT_GE(VIRTIO_BLK_S_IOERR, r[i].status);
+		if (r[i].status != VIRTIO_BLK_S_OK)
+			failed++;
+		else
+			check_store(_metadata, c, r[i].sector, expect[i], 4096);
+		r[i].type = VIRTIO_BLK_T_IN;
+	}
+	EXPECT_EQ(LOST, failed);
+	ASSERT_TRUE(xreq_run(_metadata, c, r, FI_REQS))
+		TH_LOG("reads not answered");
+	for (i = 0; i < FI_REQS; i++)
+		EXPECT_EQ(VIRTIO_BLK_S_OK, r[i].status) TH_LOG("read %u", i);
+	TH_LOG("%u of %u writes lost by the backend failed with IOERR",
+	       failed, FI_REQS);
+	free(expect);
+	check_alive(_metadata, c);
+}
+
+/*
+ * The backend sends requests back to the block layer to be dispatched
+ * again (null_blk's requeue fault injection, VBP_TEST_REQUEUE_INJECT: half
+ * of the dispatches, either "busy" or a requeue), with the rings polling
+ * the device and with notifications: every request works, and the data
+ * reads back.
+ */
+TEST_F_TIMEOUT(vmm, backend_requeues, 300)
+{
+	const char *dir = getenv("VBP_TEST_REQUEUE_INJECT");
+	struct ctx *c = &self->c;
+	uint8_t (*expect)[4096];
+	struct xreq r[FI_REQS];
+	unsigned int i, q, mode;
+	long injected = 0;
+	enum { TIMES = 100000 };
+
+	if (!dir || !c->be.bdev)
+		SKIP(return, "VBP_TEST_REQUEUE_INJECT names no fault injection");
+	expect = calloc(FI_REQS, sizeof(*expect));
+	ASSERT_NE(NULL, expect);
+	xreq_alloc(&c->v, r, FI_REQS, 4096);
+	for (mode = 0; mode < 2; mode++) {
+		for (q = 0; q < c->v.nq; q++)
+			ASSERT_EQ(0, set_poll_us(&c->v, q, mode ? 100000 : 0));
+		fault_arm(_metadata, dir, 50, TIMES);
+		fi_writes(_metadata, c, r, expect);
+		for (i = 0; i < FI_REQS; i++) {
+			EXPECT_EQ(VIRTIO_BLK_S_OK, r[i].status)
+				TH_LOG("write %u", i);
+			r[i].type = VIRTIO_BLK_T_IN;
+			memset(gpa_to_hva(&c->v, r[i].data, 4096), 0, 4096);
+		}
+		ASSERT_TRUE(xreq_run(_metadata, c, r, FI_REQS))
+			TH_LOG("reads not answered");
+		injected += TIMES - fault_get(dir, "times");
+		ASSERT_EQ(0, fault_set(dir, "probability", 0));
+		for (i = 0; i < FI_REQS; i++) {
+			EXPECT_EQ(VIRTIO_BLK_S_OK, r[i].status)
+				TH_LOG("read %u", i);
+			EXPECT_EQ(0, memcmp(expect[i],
+					    gpa_to_hva(&c->v, r[i].data, 4096),
+					    4096))
+				TH_LOG("read %u read back wrong", i);
+		}
+	}
+	TH_LOG("%ld dispatches sent back, every request answered OK",
+	       injected);
+	EXPECT_LT(0, injected);
+	free(expect);
 	check_alive(_metadata, c);
 }
 
@@ -3128,13 +3321,6 @@ static int read_stats(unsigned int q, struct vq_stats *st)
 	return ret;
 }
 
-static int set_poll_us(struct vmm *v, unsigned int q, unsigned int us)
-{
-	struct vhost_vring_state s = { .index = q, .num = us };
-
-	return ioctl(v->fd, VHOST_SET_VRING_BUSYLOOP_TIMEOUT, &s);
-}
-
 /* Makes the new avail entries visible, without notifying the device. */
 static void vq_publish(struct vq *vq)
 {
@@ -3373,6 +3559,75 @@ TEST_F(vmm, polled_completions)
 		/* Writes and reads: 100 completions, all polled or none. */
 		EXPECT_TRUE(mode && io_poll ? n >= 100 : n == 0);
 	}
+}
+
+/*
+ * One batch on a polling ring over a block device with poll queues: a
+ * polled direct write and, on the next sectors, a write whose buffer
+ * direct I/O cannot take (it goes to the page cache), then a flush, which
+ * writes that page back and waits for it.  The page's bio must not join
+ * the polled request while the worker holds both in its plug: the
+ * request would then complete only when polled, by the worker that waits
+ * for it (null_blk fails it after the block layer's timeout of 30 s; a
+ * real controller would be reset).  Then the same with reads, the second
+ * read through the page cache.  Every request is answered in time, with
+ * OK, and the data is right.
+ */
+TEST_F(vmm, polled_beside_buffered)
+{
+	enum { PAIRS = 4 };
+	struct ctx *c = &self->c;
+	struct vmm *v = &c->v;
+	uint8_t expect[2 * PAIRS][4096];
+	struct xreq r[3];
+	uint64_t base, sector;
+	unsigned int k, i;
+
+	if (!c->be.bdev)
+		SKIP(return, "needs a block device");
+	ASSERT_EQ(0, set_poll_us(v, 0, 100000));
+	xreq_alloc(v, r, 3, 4096);
+	/* The second buffer of each batch is one byte off alignment. */
+	r[1].data = galloc(v, 1, 4096 + 1, 4096) + 1;
+	base = PB_SECTOR;
+	for (k = 0; k < PAIRS; k++) {
+		sector = base + 32 * k;
+		for (i = 0; i < 2; i++) {
+			fill_rand(expect[2 * k + i], 4096, next_seed(c));
+			memcpy(gpa_to_hva(v, r[i].data, 4096),
+			       expect[2 * k + i], 4096);
+			xreq_page(&r[i], VIRTIO_BLK_T_OUT, sector + 8 * i);
+		}
+		xreq_page(&r[2], VIRTIO_BLK_T_FLUSH, 0);
+		ASSERT_TRUE(xreq_run_on(_metadata, c, r, 3, 0))
+			TH_LOG("pair %u: writes and flush not answered", k);
+		for (i = 0; i < 3; i++)
+			EXPECT_EQ(VIRTIO_BLK_S_OK, r[i].status)
+				TH_LOG("pair %u: request %u", k, i);
+		check_store(_metadata, c, sector, expect[2 * k], 4096);
+		check_store(_metadata, c, sector + 8, expect[2 * k + 1], 4096);
+	}
+	for (k = 0; k < PAIRS; k++) {
+		sector = base + 32 * k + 16;
+		for (i = 0; i < 2; i++) {
+			fill_rand(expect[2 * k + i], 4096, next_seed(c));
+			store_write(_metadata, c, sector + 8 * i,
+				    expect[2 * k + i], 4096);
+			memset(gpa_to_hva(v, r[i].data, 4096), 0, 4096);
+			xreq_page(&r[i], VIRTIO_BLK_T_IN, sector + 8 * i);
+		}
+		ASSERT_TRUE(xreq_run_on(_metadata, c, r, 2, 0))
+			TH_LOG("pair %u: reads not answered", k);
+		for (i = 0; i < 2; i++) {
+			EXPECT_EQ(VIRTIO_BLK_S_OK, r[i].status)
+				TH_LOG("pair %u: read %u", k, i);
+			EXPECT_EQ(0, memcmp(expect[2 * k + i],
+					    gpa_to_hva(v, r[i].data, 4096),
+					    4096))
+				TH_LOG("pair %u: read %u read wrong", k, i);
+		}
+	}
+	check_alive(_metadata, c);
 }
 
 /* With no poll budget, a request that is not kicked is not served. */

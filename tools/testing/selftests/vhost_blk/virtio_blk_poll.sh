@@ -482,7 +482,14 @@ test_unload_busy() {
 	fio --name=u --filename="/dev/$b" --rw=randread --bs=4k --direct=1 \
 		--ioengine=libaio --iodepth=4 --time_based --runtime=20 >/dev/null 2>&1 &
 	pid=$!
-	sleep 2
+	# Until fio has the disk open (the module is then in use): fio starts
+	# slowly on an emulated CPU, the more so on a debug kernel.
+	for _ in $(seq 600); do
+		[ "$(cat /sys/module/virtio_blk_poll/refcnt)" -gt 0 ] && break
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	sleep 1
 	if rmmod virtio_blk_poll 2>/dev/null; then
 		echo "# unloaded with the disk open"
 		ok=1
