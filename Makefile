@@ -91,7 +91,6 @@ SOAK_ROUNDS ?= 7000
 soak: all
 	$(SELFTESTS)/vm-run -c 2 -m 2G -t 86400 \
 		-e VBP_FUZZ_REQUESTS=$(SOAK_REQUESTS) -e VBP_RACE_ROUNDS=$(SOAK_ROUNDS) \
-		-e VBP_RACE_POLL=1 \
 		$(if $(VBP_FUZZ_SEED),-e VBP_FUZZ_SEED=$(VBP_FUZZ_SEED)) \
 		-- $(SELFTESTS)/vhost_blk_fuzz.sh
 

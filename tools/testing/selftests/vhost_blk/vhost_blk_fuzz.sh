@@ -10,7 +10,6 @@
 #                     null_blk gets a fifth of them
 # VBP_RACE_ROUNDS     raced batches on each backend (default 350)
 # VBP_FUZZ_SEED       the seed of every run (default: from the clock)
-# VBP_RACE_POLL=1     the null_blk races with polling rings too
 
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -52,11 +51,8 @@ fuzz "file on tmpfs" "-f fuzz" "$REQUESTS" VBP_TEST_DIR="$tmp"
 vbp_polled_nullb vbppoll 64 || exit "$KSFT_FAIL"
 fuzz "polled null_blk" "-r fuzz.rings" $((REQUESTS / 5)) \
 	VBP_TEST_DIR="$tmp" VBP_TEST_BDEV=/dev/vbppoll
-# Raced, a polling ring on it sees a polled request time out now and then
-# (null_blk fails it after 5 s unpolled): the races run without polling
-# here until that is understood; make soak runs them polled too.
-fuzz "null_blk" "-r fuzz.races" 0 VBP_TEST_DIR="$tmp" \
-	VBP_TEST_BDEV=/dev/vbppoll VBP_FUZZ_POLL="${VBP_RACE_POLL:-0}"
+fuzz "polled null_blk" "-r fuzz.races" 0 VBP_TEST_DIR="$tmp" \
+	VBP_TEST_BDEV=/dev/vbppoll
 vbp_nullb_remove vbppoll || rc=$KSFT_FAIL
 rmmod null_blk || rc=$KSFT_FAIL
 
