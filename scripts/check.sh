@@ -22,9 +22,8 @@
 # "virtio_blk_poll.sh"; default: all of TEST_PROGS).  CHECK_TIME_SCALE
 # (default 1; make check KERNEL=debug sets its own) multiplies the
 # kselftest VM's and each test's time limit, for kernels that run that
-# much slower.  The
-# fuzzer's knobs (VBP_FUZZ_REQUESTS, VBP_RACE_ROUNDS, VBP_FUZZ_SEED) reach
-# the kselftest VM when set.
+# much slower.  The fuzzer's knobs (VBP_FUZZ_REQUESTS, VBP_RACE_ROUNDS,
+# VBP_FUZZ_SEED) reach the kselftest VM when set.
 
 set -uo pipefail
 

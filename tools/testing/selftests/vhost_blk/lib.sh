@@ -10,6 +10,8 @@ VBP_ROOT=${VBP_ROOT:-$(cd "$VBP_SELFTEST_DIR/../../../.." && pwd)}
 VHOST_BLK_KO=${VHOST_BLK_KO:-$VBP_ROOT/drivers/vhost/vhost_blk_poll.ko}
 VIRTIO_BLK_POLL_KO=${VIRTIO_BLK_POLL_KO:-$VBP_ROOT/drivers/block/virtio_blk_poll.ko}
 VBP_DEV=/dev/vhost-blk-poll
+# Where null_blk devices are made (configfs).
+VBP_NULLB_CONFIG=/sys/kernel/config/nullb
 
 # shellcheck source=/dev/null
 . "$VBP_SELFTEST_DIR/../kselftest/ktap_helpers.sh"
@@ -339,7 +341,7 @@ vbp_qmp_wait_event() {
 # null_insert_page, which a kernel with DEBUG_ATOMIC_SLEEP reports).
 # Written beforehand, polled I/O finds every page there.
 vbp_polled_nullb() {
-	local name=$1 mib=$2 d=/sys/kernel/config/nullb/$1
+	local name=$1 mib=$2 d=$VBP_NULLB_CONFIG/$1
 
 	if ! vbp_loaded null_blk; then
 		modprobe null_blk nr_devices=0 queue_mode=2 submit_queues=2 \
@@ -359,7 +361,7 @@ vbp_polled_nullb() {
 # vbp_nullb_remove NAME: power off and remove a null_blk made through
 # configfs, if it is there.
 vbp_nullb_remove() {
-	local d=/sys/kernel/config/nullb/$1
+	local d=$VBP_NULLB_CONFIG/$1
 
 	[ -d "$d" ] || return 0
 	echo 0 > "$d/power" && rmdir "$d"

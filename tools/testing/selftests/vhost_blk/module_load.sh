@@ -45,7 +45,7 @@ slab_exact() {
 		return 1
 	fi
 	SLAB_INEXACT="counts move by whole slabs without SLUB debugging (boot with slub_debug=U)"
-	for c in $(slab_snapshot | awk -v w="$WATCHED" '$1 ~ w { print $1 }'); do
+	for c in $(watched <(slab_snapshot)); do
 		debug=0
 		for f in store_user red_zone poison sanity_checks; do
 			v=0

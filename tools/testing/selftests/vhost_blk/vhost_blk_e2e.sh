@@ -24,7 +24,7 @@ fi
 # share this VM's two.
 L2_CPUS=1
 # null_blk names a disk made through configfs after its directory.
-NULLB=/sys/kernel/config/nullb/nullb-e2e
+NULLB=$VBP_NULLB_CONFIG/nullb-e2e
 NULLB_DEV=/dev/nullb-e2e
 IMG=/tmp/e2e.img
 L2LOG=/tmp/e2e-l2.log

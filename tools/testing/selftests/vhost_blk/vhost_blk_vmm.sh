@@ -14,7 +14,7 @@ rc=0
 tmp=$(mktemp -d)
 loopdev=
 
-nullb=/sys/kernel/config/nullb/vbpbad
+nullb=$VBP_NULLB_CONFIG/vbpbad
 # The polled null_blk, in MiB, the size of the other disks.
 NULLB_MIB=64
 
@@ -56,7 +56,7 @@ run "null_blk" bdev VBP_TEST_DIR="$tmp" VBP_TEST_BDEV=/dev/vbppoll
 # (CONFIG_BLK_DEV_NULL_BLK_FAULT_INJECTION, as make check KERNEL=debug's
 # does): requests the backend loses, which the block layer times out
 # (after 1 s here), and dispatches it sends back to be made again.
-inject=/sys/kernel/config/nullb/vbppoll
+inject=$VBP_NULLB_CONFIG/vbppoll
 if [ -d "$inject/timeout_inject" ]; then
 	timeout_ms=$(cat /sys/block/vbppoll/queue/io_timeout)
 	echo 1000 > /sys/block/vbppoll/queue/io_timeout

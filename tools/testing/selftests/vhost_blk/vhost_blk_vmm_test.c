@@ -2860,21 +2860,27 @@ TEST_F(vmm, backend_io_errors)
 	check_alive(_metadata, c);
 }
 
+/* Writes val to the file at path (sysfs, configfs, tracefs): 0 or -1. */
+static int write_str(const char *path, const char *val)
+{
+	int fd = open(path, O_WRONLY | O_TRUNC | O_CLOEXEC);
+	ssize_t n;
+
+	if (fd < 0)
+		return -1;
+	n = write(fd, val, strlen(val));
+	close(fd);
+	return n == (ssize_t)strlen(val) ? 0 : -1;
+}
+
 /* Sets attribute name of a fault injection directory (configfs). */
 static int fault_set(const char *dir, const char *name, long value)
 {
-	char path[PATH_MAX];
-	FILE *f;
-	int ret;
+	char path[PATH_MAX], val[32];
 
 	snprintf(path, sizeof(path), "%s/%s", dir, name);
-	f = fopen(path, "w");
-	if (!f)
-		return -errno;
-	ret = fprintf(f, "%ld\n", value) < 0 ? -EIO : 0;
-	if (fclose(f))
-		ret = -errno;
-	return ret;
+	snprintf(val, sizeof(val), "%ld", value);
+	return write_str(path, val);
 }
 
 /* Reads attribute name of a fault injection directory, or -1. */
@@ -3796,18 +3802,6 @@ TEST_F(vmm, pin_worker)
 }
 
 #define TRACING	"/sys/kernel/tracing"
-
-static int write_str(const char *path, const char *val)
-{
-	int fd = open(path, O_WRONLY | O_TRUNC | O_CLOEXEC);
-	ssize_t n;
-
-	if (fd < 0)
-		return -1;
-	n = write(fd, val, strlen(val));
-	close(fd);
-	return n == (ssize_t)strlen(val) ? 0 : -1;
-}
 
 /* Lines of the trace buffer of one CPU. */
 static long trace_lines(int cpu)
