@@ -47,6 +47,37 @@ vbp_wait_for() {
 	return 1
 }
 
+# vbp_until SECONDS COMMAND...: run COMMAND every 0.1 s until it succeeds
+# (return 0) or SECONDS of wall time have passed (return 1); the time it
+# took is left in vbp_waited, in seconds with one decimal.
+vbp_until() {
+	local t0=${EPOCHREALTIME/./} end rc=0 d
+
+	end=$((t0 + $1 * 1000000))
+	shift
+	until "$@"; do
+		[ "${EPOCHREALTIME/./}" -lt "$end" ] || { rc=1; break; }
+		vbp_nap 0.1
+	done
+	d=$(((${EPOCHREALTIME/./} - t0) / 100000))
+	vbp_waited=$((d / 10)).$((d % 10))
+	return $rc
+}
+
+# vbp_show_blocked: print the kernel stack of every task in
+# uninterruptible sleep, as "# " comments (what a wait that never ends is
+# stuck on).
+vbp_show_blocked() {
+	local d st
+
+	for d in /proc/[0-9]*; do
+		st=$(awk '/^State:/ { print $2 }' "$d/status" 2>/dev/null)
+		[ "$st" = D ] || continue
+		echo "# blocked: ${d#/proc/} $(cat "$d/comm" 2>/dev/null)"
+		sed 's/^/#   /' "$d/stack" 2>/dev/null
+	done
+}
+
 # vbp_nap SECONDS: sleep without starting a program (each one started costs
 # seconds in a nested, emulated guest).
 vbp_nap() {
