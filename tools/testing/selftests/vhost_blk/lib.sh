@@ -68,14 +68,15 @@ vbp_until() {
 # uninterruptible sleep, as "# " comments (what a wait that never ends is
 # stuck on).
 vbp_show_blocked() {
-	local d st
+	local f pid
 
-	for d in /proc/[0-9]*; do
-		st=$(awk '/^State:/ { print $2 }' "$d/status" 2>/dev/null)
-		[ "$st" = D ] || continue
-		echo "# blocked: ${d#/proc/} $(cat "$d/comm" 2>/dev/null)"
-		sed 's/^/#   /' "$d/stack" 2>/dev/null
-	done
+	# One program for all tasks: grep skips those that exit meanwhile.
+	while read -r f; do
+		pid=${f#/proc/}
+		pid=${pid%/status}
+		echo "# blocked: $pid $(cat "/proc/$pid/comm" 2>/dev/null)"
+		sed 's/^/#   /' "/proc/$pid/stack" 2>/dev/null
+	done < <(grep -ls '^State:[[:space:]]*D' /proc/[0-9]*/status)
 }
 
 # vbp_nap SECONDS: sleep without starting a program (each one started costs
