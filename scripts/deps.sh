@@ -16,14 +16,15 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 export DEBIAN_FRONTEND=noninteractive
+installed() {
+	dpkg-query -W -f '${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
+}
+
 apt_install() {
 	local missing=() p
 
 	for p in "$@"; do
-		if ! dpkg-query -W -f '${Status}' "$p" 2>/dev/null |
-		     grep -q 'install ok installed'; then
-			missing+=("$p")
-		fi
+		installed "$p" || missing+=("$p")
 	done
 	if [ ${#missing[@]} -eq 0 ]; then
 		return 0
@@ -56,6 +57,14 @@ apt_install "${pkgs[@]}" "$VBP_KSRC_PKG"
 # Image, headers and source must be the same version: derive it from the
 # source package now installed.
 KVER=$(vbp_kver)
-apt_install "linux-image-$KVER" "linux-headers-$KVER"
+# A point release reaches the archive unsigned first; its signed image (the
+# same kernel and modules) follows days later.  Either serves.
+image=linux-image-$KVER
+if ! installed "$image" &&
+   { installed "$image-unsigned" ||
+     ! apt-cache show "$image" 2>/dev/null | grep -q '^Filename:'; }; then
+	image=$image-unsigned
+fi
+apt_install "$image" "linux-headers-$KVER"
 
 echo "deps: kernel $KVER ($(vbp_ksrc_version)), all packages present"
