@@ -31,6 +31,7 @@
 #include <linux/moduleparam.h>
 #include <linux/nospec.h>
 #include <linux/pagemap.h>
+#include <linux/rcupdate.h>
 #include <linux/sched.h>
 #include <linux/sched/clock.h>
 #include <linux/sched/signal.h>
@@ -55,6 +56,13 @@
  */
 #define VHOST_BLK_WEIGHT	0x80000
 #define VHOST_BLK_PKT_WEIGHT	256
+
+/*
+ * The most data one read or write may carry: as many segments as a chain
+ * has iovecs, of VHOST_BLK_SIZE_MAX each (what the VMM advertises).  Far
+ * below MAX_RW_COUNT, and the used length fits its 32 bits.
+ */
+#define VHOST_BLK_MAX_DATA	((size_t)UIO_MAXIOV * VHOST_BLK_SIZE_MAX)
 
 enum {
 	VHOST_BLK_FEATURES = VHOST_FEATURES |
@@ -139,7 +147,7 @@ struct vhost_blk_vq {
 	struct vhost_work poll_work;
 	/* Pins the worker: runs in it. */
 	struct vhost_work pin_work;
-	int pin_cpu;
+	struct cpumask pin_mask;
 	int pin_ret;
 	/* The CPU the worker is pinned to, -1 for none; under dev.mutex. */
 	int cpu;
@@ -182,10 +190,20 @@ struct vhost_blk_req {
 	atomic_t ref;
 	u16 head;
 	u8 status;
-	/* Bytes written into the guest's buffers, status byte included. */
+	/*
+	 * Bytes of the device-writable buffers written from their start:
+	 * the used length (virtio 1.2, 2.7.8: never more than was written).
+	 */
 	u32 used_len;
 	/* Bytes of data a read or write moves. */
 	size_t data_len;
+	/*
+	 * Bytes at the start of the device-writable buffers the device may
+	 * have written besides the status byte: the dirty log covers them.
+	 */
+	size_t dirty_len;
+	/* Bytes of the device-writable buffers, status byte included. */
+	size_t in_len;
 	u8 __user *status_ptr;
 	/* Copies of the chain's iovecs and dirty-log entries. */
 	struct iovec *iov;
@@ -264,6 +282,30 @@ static void vhost_blk_add_used(struct vhost_blk_vq *bvq, unsigned int n)
 static void vhost_blk_rw_again(struct vhost_blk_req *req);
 
 /*
+ * Migration: mark dirty what the device may have written into the guest's
+ * memory, the data (also of a failed or short read: direct I/O may have
+ * written any part of it) and the status byte, the last writable byte.
+ */
+static void vhost_blk_log(struct vhost_virtqueue *vq,
+			  struct vhost_blk_req *req)
+{
+	struct vhost_log *last = &req->log[req->log_num - 1];
+	struct vhost_log status;
+	struct iovec siov;
+
+	if (req->dirty_len)
+		vhost_log_write(vq, req->log, req->log_num, req->dirty_len,
+				req->iov + req->out_num, req->in_num);
+	while (last > req->log && !last->len)
+		last--;
+	status.addr = last->addr + last->len - 1;
+	status.len = 1;
+	siov.iov_base = req->status_ptr;
+	siov.iov_len = 1;
+	vhost_log_write(vq, &status, 1, 1, &siov, 1);
+}
+
+/*
  * Answer the requests whose I/O ended: status byte, dirty log, used ring,
  * one interrupt per batch if the guest wants it.  Called with the vq mutex
  * held; returns the number of requests answered.
@@ -286,10 +328,8 @@ static unsigned int vhost_blk_complete(struct vhost_blk_vq *bvq)
 			       req->head);
 			req->used_len = 0;
 		}
-		if (unlikely(req->log) && req->used_len)
-			vhost_log_write(vq, req->log, req->log_num,
-					req->used_len, req->iov + req->out_num,
-					req->in_num);
+		if (unlikely(req->log))
+			vhost_blk_log(vq, req);
 		vq->heads[n].id = cpu_to_vhost32(vq, req->head);
 		vq->heads[n].len = cpu_to_vhost32(vq, req->used_len);
 		n++;
@@ -353,24 +393,40 @@ static void vhost_blk_poll_io(struct vhost_blk_vq *bvq)
 	}
 }
 
+/*
+ * The used length of a request that wrote written bytes at the start of
+ * its device-writable buffers: all of them with the status byte when that
+ * follows, else only those bytes (an underestimate is what virtio allows
+ * where the rest was not written).
+ */
+static void vhost_blk_set_written(struct vhost_blk_req *req, size_t written)
+{
+	req->used_len = written + 1 == req->in_len ? req->in_len : written;
+}
+
 static void vhost_blk_req_done(struct vhost_blk_req *req)
 {
 	struct vhost_blk_vq *bvq = req->bvq;
 
 	if (!atomic_dec_and_test(&req->ref))
 		return;
+	/*
+	 * Once on the list, the request may be answered and freed by a
+	 * polling worker, and the device released: the RCU read section
+	 * keeps bvq alive until the work is queued (vhost_blk_settle()).
+	 */
+	rcu_read_lock();
 	llist_add(&req->node, &bvq->done);
 	if (!vhost_vq_work_queue(&bvq->vq, &bvq->done_work))
 		queue_work(system_wq, &bvq->reap_work);
+	rcu_read_unlock();
 }
 
-static void vhost_blk_rw_complete(struct kiocb *iocb, long ret)
+/* The answer of a read or write, from its submitter or its completion. */
+static void vhost_blk_rw_done(struct vhost_blk_req *req, long ret)
 {
-	struct vhost_blk_req *req = container_of(iocb, struct vhost_blk_req,
-						 iocb);
+	struct kiocb *iocb = &req->iocb;
 
-	if (iocb->ki_flags & IOCB_WRITE)
-		kiocb_end_write(iocb);
 	if (ret == -EAGAIN && iocb->ki_flags & IOCB_NOWAIT) {
 		/* Answered later: the worker submits it again, unpolled. */
 		req->again = true;
@@ -380,9 +436,30 @@ static void vhost_blk_rw_complete(struct kiocb *iocb, long ret)
 	/* A short transfer (past the end of a shrunk file) is an error. */
 	req->status = ret == req->data_len ? VIRTIO_BLK_S_OK :
 					     VIRTIO_BLK_S_IOERR;
-	if (ret > 0 && !(iocb->ki_flags & IOCB_WRITE))
-		req->used_len = ret + 1;
+	if (!(iocb->ki_flags & IOCB_WRITE))
+		vhost_blk_set_written(req, ret > 0 ? ret : 0);
 	vhost_blk_req_done(req);
+}
+
+/*
+ * Asynchronous completion; vfs_iocb_iter_write() leaves ending the write
+ * of a queued iocb to it.
+ */
+static void vhost_blk_rw_complete(struct kiocb *iocb, long ret)
+{
+	if (iocb->ki_flags & IOCB_WRITE)
+		kiocb_end_write(iocb);
+	vhost_blk_rw_done(container_of(iocb, struct vhost_blk_req, iocb), ret);
+}
+
+/*
+ * Read-only: the backend was opened so, or the device offered
+ * VIRTIO_BLK_F_RO and the driver took it.
+ */
+static bool vhost_blk_read_only(struct vhost_blk_vq *bvq,
+				struct vhost_blk_backend *be)
+{
+	return be->read_only || vhost_has_feature(&bvq->vq, VIRTIO_BLK_F_RO);
 }
 
 /* Whether nr sectors from sector lie inside the backend. */
@@ -404,32 +481,57 @@ static bool vhost_blk_dio_ok(struct vhost_blk_backend *be,
 	return !(iov_iter_alignment(data) & (SECTOR_SIZE - 1));
 }
 
+/* Whether a request of the ring is in the device and must be polled. */
+static bool vhost_blk_owes_polls(struct vhost_blk_vq *bvq)
+{
+	struct vhost_blk_req *req;
+
+	list_for_each_entry(req, &bvq->polled, poll_node)
+		if (READ_ONCE(req->iocb.private))
+			return true;
+	return false;
+}
+
 /*
- * Before the worker waits for I/O of its own (the page cache, a flush, a
- * discard): the bios it waits for could merge into a polled request still
- * in its plug, and that request completes only when polled, by this
- * worker.  Dispatch the plug first; a dispatched request takes no merge.
+ * Before the worker does what may sleep in the block layer (a submission
+ * that may wait, the page cache, a flush, a discard): its polled requests
+ * complete only when it polls them, and what it waits for may wait for
+ * them (a queue freeze, as any write to the queue's sysfs attributes
+ * makes, waits for every request in flight; a bio may merge into a polled
+ * request still in the plug).  Dispatch the plug and poll until the
+ * device holds no request of the ring that needs polling.  Called with
+ * the vq mutex held.
  */
-static void vhost_blk_unplug(void)
+static void vhost_blk_before_wait(struct vhost_blk_vq *bvq)
 {
 	struct blk_plug *plug = current->plug;
 
+	if (!vhost_blk_owes_polls(bvq))
+		return;
 	if (plug) {
 		blk_finish_plug(plug);
 		blk_start_plug(plug);
 	}
+	while (vhost_blk_owes_polls(bvq)) {
+		vhost_blk_poll_io(bvq);
+		cond_resched();
+	}
 }
 
+/*
+ * Through the VFS's checks (LSM, fsnotify, the position and length), as
+ * read(2) and write(2) would go.
+ */
 static ssize_t vhost_blk_rw_submit(struct vhost_blk_req *req,
 				   struct iov_iter *data, bool write)
 {
 	struct file *file = req->iocb.ki_filp;
 
-	if (!(req->iocb.ki_flags & IOCB_DIRECT))
-		vhost_blk_unplug();
+	if (!(req->iocb.ki_flags & IOCB_NOWAIT))
+		vhost_blk_before_wait(req->bvq);
 	if (write)
-		return file->f_op->write_iter(&req->iocb, data);
-	return file->f_op->read_iter(&req->iocb, data);
+		return vfs_iocb_iter_write(file, &req->iocb, data);
+	return vfs_iocb_iter_read(file, &req->iocb, data);
 }
 
 static void vhost_blk_unpoll(struct vhost_blk_req *req)
@@ -469,12 +571,10 @@ static void vhost_blk_rw_again(struct vhost_blk_req *req)
 	vhost_blk_unpoll(req);
 	vhost_blk_data_iter(req, &data, write);
 	req->iocb.ki_pos = req->pos;
-	if (write)
-		kiocb_start_write(&req->iocb);
 	atomic_set(&req->ref, 2);
 	ret = vhost_blk_rw_submit(req, &data, write);
 	if (ret != -EIOCBQUEUED)
-		vhost_blk_rw_complete(&req->iocb, ret);
+		vhost_blk_rw_done(req, ret);
 	vhost_blk_req_done(req);
 }
 
@@ -497,19 +597,21 @@ static int vhost_blk_rw(struct vhost_blk_req *req,
 	struct iov_iter saved;
 	ssize_t ret;
 
-	if (len & (SECTOR_SIZE - 1) ||
+	if (len & (SECTOR_SIZE - 1) || len > VHOST_BLK_MAX_DATA ||
 	    !vhost_blk_range_ok(be, sector, len >> SECTOR_SHIFT))
 		return VIRTIO_BLK_S_IOERR;
-	if (write && be->read_only)
+	if (write && vhost_blk_read_only(req->bvq, be))
 		return VIRTIO_BLK_S_IOERR;
 	if (!len)
 		return VIRTIO_BLK_S_OK;
 
 	req->data_len = len;
+	if (!write)
+		req->dirty_len = len;
 	req->pos = sector << SECTOR_SHIFT;
 	init_sync_kiocb(&req->iocb, be->file);
 	/* The guest addresses sectors, whatever the file's open flags. */
-	req->iocb.ki_flags &= ~(IOCB_APPEND | IOCB_DIRECT);
+	req->iocb.ki_flags &= ~IOCB_DIRECT;
 	req->iocb.ki_pos = req->pos;
 	if (vhost_blk_dio_ok(be, data, req->pos)) {
 		req->iocb.ki_flags |= IOCB_DIRECT;
@@ -520,10 +622,8 @@ static int vhost_blk_rw(struct vhost_blk_req *req,
 			list_add_tail(&req->poll_node, &req->bvq->polled);
 		}
 	}
-	if (write) {
+	if (write)
 		req->iocb.ki_flags |= IOCB_WRITE;
-		kiocb_start_write(&req->iocb);
-	}
 	atomic_set(&req->ref, 2);
 
 	/* An iovec iterator does not change its array: a copy restores it. */
@@ -554,7 +654,7 @@ static int vhost_blk_rw(struct vhost_blk_req *req,
 		ret = vhost_blk_rw_submit(req, data, write);
 	}
 	if (ret != -EIOCBQUEUED)
-		vhost_blk_rw_complete(&req->iocb, ret);
+		vhost_blk_rw_done(req, ret);
 	vhost_blk_req_done(req);
 	return -EIOCBQUEUED;
 }
@@ -586,7 +686,7 @@ static int vhost_blk_bdev_discard(struct vhost_blk_backend *be, loff_t pos,
 
 /* One segment of a discard or write-zeroes request. */
 static int vhost_blk_discard(struct vhost_blk_backend *be,
-			     struct iov_iter *data, u32 type)
+			     struct iov_iter *data, u32 type, bool read_only)
 {
 	struct virtio_blk_discard_write_zeroes seg;
 	bool unmap, zero = type == VIRTIO_BLK_T_WRITE_ZEROES;
@@ -605,7 +705,7 @@ static int vhost_blk_discard(struct vhost_blk_backend *be,
 	unmap = flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP;
 	if (flags & ~VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP || (unmap && !zero))
 		return VIRTIO_BLK_S_UNSUPP;
-	if (be->read_only || nr > VHOST_BLK_MAX_DISCARD_SECTORS ||
+	if (read_only || nr > VHOST_BLK_MAX_DISCARD_SECTORS ||
 	    !vhost_blk_range_ok(be, sector, nr))
 		return VIRTIO_BLK_S_IOERR;
 	if (!nr)
@@ -703,7 +803,8 @@ static int vhost_blk_handle_req(struct vhost_blk_vq *bvq,
 	while (!last->iov_len)
 		last--;
 	req->status_ptr = (u8 __user *)last->iov_base + last->iov_len - 1;
-	req->used_len = 1;
+	req->in_len = in_len;
+	vhost_blk_set_written(req, 0);
 
 	iov_iter_init(&out_iter, ITER_SOURCE, req->iov, out,
 		      iov_length(req->iov, out));
@@ -726,17 +827,26 @@ static int vhost_blk_handle_req(struct vhost_blk_vq *bvq,
 			 vhost_blk_rw(req, be, &out_iter, sector, true);
 		break;
 	case VIRTIO_BLK_T_FLUSH:
-		vhost_blk_unplug();
+		vhost_blk_before_wait(bvq);
 		status = vfs_fsync(be->file, 0) ? VIRTIO_BLK_S_IOERR :
 						  VIRTIO_BLK_S_OK;
 		break;
 	case VIRTIO_BLK_T_GET_ID:
 		status = vhost_blk_get_id(blk, &in_iter, &written);
+		req->dirty_len = written;
 		break;
 	case VIRTIO_BLK_T_DISCARD:
 	case VIRTIO_BLK_T_WRITE_ZEROES:
-		vhost_blk_unplug();
-		status = vhost_blk_discard(be, &out_iter, type);
+		/* Only what was negotiated (QEMU's discard=off, ...). */
+		if (!vhost_has_feature(vq, type == VIRTIO_BLK_T_DISCARD ?
+				       VIRTIO_BLK_F_DISCARD :
+				       VIRTIO_BLK_F_WRITE_ZEROES)) {
+			status = VIRTIO_BLK_S_UNSUPP;
+			break;
+		}
+		vhost_blk_before_wait(bvq);
+		status = vhost_blk_discard(be, &out_iter, type,
+					   vhost_blk_read_only(bvq, be));
 		break;
 	default:
 		status = VIRTIO_BLK_S_UNSUPP;
@@ -746,7 +856,7 @@ static int vhost_blk_handle_req(struct vhost_blk_vq *bvq,
 		return 0;
 answer:
 	req->status = status;
-	req->used_len = written + 1;
+	vhost_blk_set_written(req, written);
 	atomic_set(&req->ref, 1);
 	vhost_blk_req_done(req);
 	return 0;
@@ -924,9 +1034,21 @@ static void vhost_blk_drain_vq(struct vhost_blk_vq *bvq)
 			break;
 	}
 	wait_event(bvq->blk->inflight_wq, !atomic_read(&bvq->inflight));
-	/* The answers are written by work that may still be running. */
-	vhost_dev_flush(&bvq->blk->dev);
-	flush_work(&bvq->reap_work);
+}
+
+/*
+ * After the rings have drained: completions may still be queueing the
+ * work that answered them (vhost_blk_req_done()), and that work may still
+ * be running.  Wait for both.  Called with dev.mutex held.
+ */
+static void vhost_blk_settle(struct vhost_blk *blk)
+{
+	unsigned int i;
+
+	synchronize_rcu();
+	vhost_dev_flush(&blk->dev);
+	for (i = 0; i < blk->nvqs; i++)
+		flush_work(&blk->vqs[i].reap_work);
 }
 
 /* Take the backend from a ring: it takes no new request. */
@@ -952,6 +1074,7 @@ static struct vhost_blk_backend *vhost_blk_stop(struct vhost_blk *blk)
 		vhost_blk_detach_vq(&blk->vqs[i]);
 	for (i = 0; i < blk->nvqs; i++)
 		vhost_blk_drain_vq(&blk->vqs[i]);
+	vhost_blk_settle(blk);
 	blk->backend = NULL;
 	return be;
 }
@@ -981,6 +1104,12 @@ static struct vhost_blk_backend *vhost_blk_backend_get(int fd)
 	if (!(file->f_mode & FMODE_READ) || !file->f_op->read_iter ||
 	    !file->f_op->write_iter)
 		goto err_fput;
+	/*
+	 * The guest writes at any sector: an append-only open (the only
+	 * writable one of a chattr +a file) would let it past that.
+	 */
+	if (file->f_flags & O_APPEND)
+		goto err_fput;
 
 	ret = -ENOMEM;
 	be = kzalloc(sizeof(*be), GFP_KERNEL);
@@ -1008,28 +1137,19 @@ err_fput:
 	return ERR_PTR(ret);
 }
 
-static long vhost_blk_set_backend(struct vhost_blk *blk, int fd)
+/*
+ * Give every set-up ring the backend and serve what the guest queued
+ * meanwhile; on failure no ring has it.  Called with dev.mutex held and
+ * no backend attached.
+ */
+static int vhost_blk_start(struct vhost_blk *blk,
+			   struct vhost_blk_backend *be)
 {
-	struct vhost_blk_backend *be = NULL, *old;
 	struct vhost_virtqueue *vq;
 	unsigned int i;
-	long ret;
+	int ret = 0;
 
-	mutex_lock(&blk->dev.mutex);
-	ret = vhost_dev_check_owner(&blk->dev);
-	if (ret)
-		goto out_unlock;
-
-	if (fd != -1) {
-		be = vhost_blk_backend_get(fd);
-		if (IS_ERR(be)) {
-			ret = PTR_ERR(be);
-			goto out_unlock;
-		}
-	}
-
-	old = vhost_blk_stop(blk);
-	for (i = 0; be && i < blk->nvqs; i++) {
+	for (i = 0; i < blk->nvqs; i++) {
 		vq = &blk->vqs[i].vq;
 		mutex_lock(&vq->mutex);
 		if (vq->desc) {
@@ -1047,19 +1167,48 @@ static long vhost_blk_set_backend(struct vhost_blk *blk, int fd)
 			goto err_stop;
 	}
 	blk->backend = be;
-	vhost_blk_backend_put(old);
 
-	/* Serve what the guest queued while there was no backend. */
-	for (i = 0; be && i < blk->nvqs; i++)
+	for (i = 0; i < blk->nvqs; i++)
 		if (blk->vqs[i].vq.kick)
 			vhost_vq_work_queue(&blk->vqs[i].vq,
 					    &blk->vqs[i].poll_work);
-	mutex_unlock(&blk->dev.mutex);
 	return 0;
 
 err_stop:
 	blk->backend = be;
 	vhost_blk_stop(blk);
+	return ret;
+}
+
+static long vhost_blk_set_backend(struct vhost_blk *blk, int fd)
+{
+	struct vhost_blk_backend *be = NULL, *old;
+	long ret;
+
+	mutex_lock(&blk->dev.mutex);
+	ret = vhost_dev_check_owner(&blk->dev);
+	if (ret)
+		goto out_unlock;
+
+	if (fd != -1) {
+		be = vhost_blk_backend_get(fd);
+		if (IS_ERR(be)) {
+			ret = PTR_ERR(be);
+			goto out_unlock;
+		}
+	}
+
+	old = vhost_blk_stop(blk);
+	if (be) {
+		ret = vhost_blk_start(blk, be);
+		if (ret)
+			goto err_put;
+	}
+	vhost_blk_backend_put(old);
+	mutex_unlock(&blk->dev.mutex);
+	return 0;
+
+err_put:
 	vhost_blk_backend_put(be);
 	vhost_blk_backend_put(old);
 out_unlock:
@@ -1091,6 +1240,7 @@ static long vhost_blk_get_vring_base(struct vhost_blk *blk, void __user *argp)
 	bvq = &blk->vqs[array_index_nospec(s.index, blk->nvqs)];
 	vhost_blk_detach_vq(bvq);
 	vhost_blk_drain_vq(bvq);
+	vhost_blk_settle(blk);
 	ret = vhost_vring_ioctl(&blk->dev, VHOST_GET_VRING_BASE, argp);
 out_unlock:
 	mutex_unlock(&blk->dev.mutex);
@@ -1101,11 +1251,8 @@ static void vhost_blk_pin_work(struct vhost_work *work)
 {
 	struct vhost_blk_vq *bvq = container_of(work, struct vhost_blk_vq,
 						pin_work);
-	const struct cpumask *mask = cpu_possible_mask;
 
-	if (bvq->pin_cpu >= 0)
-		mask = cpumask_of(bvq->pin_cpu);
-	bvq->pin_ret = set_cpus_allowed_ptr(current, mask);
+	bvq->pin_ret = set_cpus_allowed_ptr(current, &bvq->pin_mask);
 }
 
 /*
@@ -1113,6 +1260,11 @@ static void vhost_blk_pin_work(struct vhost_work *work)
  * pinning is done by the worker itself, so it also holds for a worker of
  * the VMM's (VHOST_NEW_WORKER); a worker shared by several vrings is
  * pinned for all of them.
+ *
+ * The worker gets no CPU its caller could not run on: the CPU must be in
+ * the calling thread's affinity (which its cpuset bounds), and -1 gives
+ * the worker that affinity, so a confined VMM cannot place a polling
+ * worker on another tenant's or an isolated CPU.
  */
 static long vhost_blk_set_vring_cpu(struct vhost_blk *blk, void __user *argp)
 {
@@ -1135,7 +1287,13 @@ static long vhost_blk_set_vring_cpu(struct vhost_blk *blk, void __user *argp)
 	if (cpu < -1 || (cpu >= 0 && (cpu >= nr_cpu_ids || !cpu_online(cpu))))
 		goto out_unlock;
 	bvq = &blk->vqs[array_index_nospec(s.index, blk->nvqs)];
-	bvq->pin_cpu = cpu;
+	if (cpu >= 0) {
+		if (!cpumask_test_cpu(cpu, current->cpus_ptr))
+			goto out_unlock;
+		cpumask_copy(&bvq->pin_mask, cpumask_of(cpu));
+	} else {
+		cpumask_copy(&bvq->pin_mask, current->cpus_ptr);
+	}
 	bvq->pin_ret = -ESRCH;
 	ret = -EBUSY;
 	if (!vhost_vq_work_queue(&bvq->vq, &bvq->pin_work))
@@ -1271,8 +1429,10 @@ static int vhost_blk_release(struct inode *inode, struct file *f)
 
 static int vhost_blk_set_features(struct vhost_blk *blk, u64 features)
 {
+	struct vhost_blk_backend *be = NULL;
 	struct vhost_virtqueue *vq;
 	unsigned int i;
+	int ret = 0;
 
 	if (features & ~VHOST_BLK_FEATURES)
 		return -EOPNOTSUPP;
@@ -1280,9 +1440,18 @@ static int vhost_blk_set_features(struct vhost_blk *blk, u64 features)
 	mutex_lock(&blk->dev.mutex);
 	if ((features & (1ULL << VHOST_F_LOG_ALL)) &&
 	    !vhost_log_access_ok(&blk->dev)) {
-		mutex_unlock(&blk->dev.mutex);
-		return -EFAULT;
+		ret = -EFAULT;
+		goto out_unlock;
 	}
+
+	/*
+	 * Whether a request is logged is decided when it is taken: when
+	 * logging starts (migration), the requests in flight must end
+	 * first, or their data would reach the guest unlogged.
+	 */
+	if (blk->backend && (features & (1ULL << VHOST_F_LOG_ALL)) &&
+	    !vhost_has_feature(&blk->vqs[0].vq, VHOST_F_LOG_ALL))
+		be = vhost_blk_stop(blk);
 
 	for (i = 0; i < blk->nvqs; i++) {
 		vq = &blk->vqs[i].vq;
@@ -1290,8 +1459,14 @@ static int vhost_blk_set_features(struct vhost_blk *blk, u64 features)
 		vq->acked_features = features;
 		mutex_unlock(&vq->mutex);
 	}
+	if (be) {
+		ret = vhost_blk_start(blk, be);
+		if (ret)
+			vhost_blk_backend_put(be);
+	}
+out_unlock:
 	mutex_unlock(&blk->dev.mutex);
-	return 0;
+	return ret;
 }
 
 static long vhost_blk_reset_owner(struct vhost_blk *blk)

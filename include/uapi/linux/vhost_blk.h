@@ -60,4 +60,14 @@
  */
 #define VHOST_BLK_MAX_DISCARD_SEG	1
 
+/**
+ * define VHOST_BLK_SIZE_MAX - largest data segment of a read or write
+ *
+ * A virtual machine monitor advertises it (or less) as size_max in the
+ * device's configuration space, with VIRTIO_BLK_F_SIZE_MAX.  The device
+ * answers VIRTIO_BLK_S_IOERR to a read or write that carries more data
+ * than 1024 such segments, the most iovecs of one chain.
+ */
+#define VHOST_BLK_SIZE_MAX		(1U << 20)
+
 #endif /* _UAPI_LINUX_VHOST_BLK_H */

@@ -365,16 +365,17 @@ vbp_qmp_wait_event() {
 	_vbp_qmp_close
 }
 
-# vbp_polled_nullb NAME MIB: make /dev/NAME, a memory-backed null_blk of
-# MIB MiB with two submission and two poll queues, through configfs, and
-# write all of it once.  A memory-backed null_blk allocates the page of a
+# vbp_polled_nullb NAME MIB [ATTR=VALUE...]: make /dev/NAME, a memory-backed
+# null_blk of MIB MiB with two submission and two poll queues (and the
+# configfs attributes given), through configfs, and write all of it once.  A memory-backed null_blk allocates the page of a
 # sector on its first write, in its poll handler too, and Linux 6.12 does
 # that under the RCU read lock of bio polling (null_poll ->
 # null_insert_page, which a kernel with DEBUG_ATOMIC_SLEEP reports).
 # Written beforehand, polled I/O finds every page there.
 vbp_polled_nullb() {
-	local name=$1 mib=$2 d=$VBP_NULLB_CONFIG/$1
+	local name=$1 mib=$2 d=$VBP_NULLB_CONFIG/$1 a
 
+	shift 2
 	if ! vbp_loaded null_blk; then
 		modprobe null_blk nr_devices=0 queue_mode=2 submit_queues=2 \
 			poll_queues=2 || return
@@ -382,6 +383,9 @@ vbp_polled_nullb() {
 	mountpoint -q /sys/kernel/config ||
 		mount -t configfs none /sys/kernel/config || return
 	mkdir "$d" || return
+	for a in "$@"; do
+		echo "${a#*=}" > "$d/${a%%=*}" || return
+	done
 	echo "$mib" > "$d/size" &&
 		echo 1 > "$d/memory_backed" &&
 		echo 1 > "$d/power" &&

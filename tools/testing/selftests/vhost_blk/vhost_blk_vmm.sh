@@ -23,6 +23,8 @@ cleanup() {
 	[ -n "$loopdev" ] && losetup -d "$loopdev"
 	vbp_nullb_remove vbpbad
 	vbp_nullb_remove vbppoll
+	vbp_nullb_remove vbpslow
+	vbp_nullb_remove vbpwc
 	vbp_loaded null_blk && rmmod null_blk
 	vbp_loaded brd && rmmod brd
 	vbp_loaded vhost_blk_poll && vbp_unload_host
@@ -82,6 +84,23 @@ truncate -s 64M "$tmp/loop.img"
 loopdev=$(losetup --find --show --direct-io=on "$tmp/loop.img") ||
 	exit "$KSFT_FAIL"
 run "loop" bdev VBP_TEST_DIR="$tmp" VBP_TEST_BDEV="$loopdev"
+
+# Requests that stay in flight: a null_blk that completes after 5 ms, by
+# a timer, while a migration starts logging.
+vbp_polled_nullb vbpslow $NULLB_MIB poll_queues=0 irqmode=2 \
+	completion_nsec=5000000 || exit "$KSFT_FAIL"
+echo "# backend: null_blk completing after 5 ms"
+VBP_TEST_BDEV=/dev/vbpslow "$VMM_TEST" -r vmm.bdev.dirty_log_in_flight \
+	-r vmm.bdev_event_idx.dirty_log_in_flight || rc=$KSFT_FAIL
+vbp_nullb_remove vbpslow || rc=$KSFT_FAIL
+
+# A polled null_blk with a volatile write cache: a flush is a request of
+# its own, which a queue freeze holds back.
+vbp_polled_nullb vbpwc $NULLB_MIB cache_size=16 || exit "$KSFT_FAIL"
+echo "# backend: polled null_blk with a write cache"
+VBP_TEST_BDEV=/dev/vbpwc "$VMM_TEST" \
+	-r vmm.bdev.queue_freeze_while_polling || rc=$KSFT_FAIL
+vbp_nullb_remove vbpwc || rc=$KSFT_FAIL
 
 # A null_blk whose sectors 8192-8199 fail, made through configfs: I/O
 # errors of the backend fail exactly the requests that meet them.
