@@ -30,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/inotify.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -2971,6 +2972,47 @@ TEST_F(vmm, append_only_refused)
 	EXPECT_EQ(-EINVAL, vmm_set_backend(&c->v, fd));
 	close(fd);
 	check_alive(_metadata, c);
+}
+
+/*
+ * Reads and writes go through the VFS's checks and notifications, as
+ * read(2) and write(2) do: a watcher of the backing file sees the guest's
+ * write (IN_MODIFY) and read (IN_ACCESS).
+ */
+TEST_F(vmm, backend_notified)
+{
+	struct ctx *c = &self->c;
+	struct vmm *v = &c->v;
+	char path[PATH_MAX], ev[4096];
+	uint32_t mask = 0;
+	uint64_t buf;
+	ssize_t n, off;
+	int in;
+
+	if (c->be.bdev)
+		SKIP(return, "a file backend test");
+	in = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+	ASSERT_LE(0, in);
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", c->be.fd);
+	ASSERT_LE(0, inotify_add_watch(in, path, IN_MODIFY | IN_ACCESS));
+	buf = galloc(v, 1, 4096, 4096);
+	memset(gpa_to_hva(v, buf, 4096), 0x3c, 4096);
+	ASSERT_EQ(VIRTIO_BLK_S_OK,
+		  blk_rw(_metadata, c, VIRTIO_BLK_T_OUT, 64, buf, 4096, 1,
+			 NULL));
+	ASSERT_EQ(VIRTIO_BLK_S_OK,
+		  blk_rw(_metadata, c, VIRTIO_BLK_T_IN, 64, buf, 4096, 1,
+			 NULL));
+	n = read(in, ev, sizeof(ev));
+	for (off = 0; n > 0 && off < n;) {
+		struct inotify_event *e = (struct inotify_event *)(ev + off);
+
+		mask |= e->mask;
+		off += sizeof(*e) + e->len;
+	}
+	close(in);
+	EXPECT_TRUE(mask & IN_MODIFY) TH_LOG("no IN_MODIFY for the write");
+	EXPECT_TRUE(mask & IN_ACCESS) TH_LOG("no IN_ACCESS for the read");
 }
 
 /* One request of many in flight at once (xreq_run()). */
