@@ -270,6 +270,8 @@ static void vhost_blk_add_used(struct vhost_blk_vq *bvq, unsigned int n)
 {
 	struct vhost_virtqueue *vq = &bvq->vq;
 
+	/* Counted before the guest can see them, so never behind it. */
+	bvq->stats.requests += n;
 	if (vhost_add_used_n(vq, vq->heads, n))
 		vq_err(vq, "cannot update the used ring\n");
 	bvq->stats.batches++;
@@ -342,7 +344,6 @@ static unsigned int vhost_blk_complete(struct vhost_blk_vq *bvq)
 	}
 	if (n)
 		vhost_blk_add_used(bvq, n);
-	bvq->stats.requests += total;
 	return total;
 }
 
