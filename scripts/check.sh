@@ -17,7 +17,9 @@
 #              installed modules load in a VM
 #   intree     make patches: the series applies to Debian's kernel source
 #              and both drivers build in that tree (W=1, no warning);
-#              the extracted tree is kept in $VBP_CACHE/intree
+#              the extracted tree is kept in $VBP_CACHE/intree; the
+#              series is the same with each awk installed (gawk, mawk,
+#              original-awk, busybox)
 # CHECK_TESTS narrows the kselftest suite to the named tests (e.g.
 # "virtio_blk_poll.sh"; default: all of TEST_PROGS).  CHECK_TIME_SCALE
 # (default 1; make check KERNEL=debug sets its own) multiplies the
@@ -342,8 +344,28 @@ suite_dkms() {
 	elapsed "dkms suite" "$t0"
 }
 
+# same_with_every_awk AWK...: make patches run with each AWK as "awk" (a
+# PATH of its own) gives the series make patches gave in $VBP_BUILD.
+same_with_every_awk() {
+	local a d
+
+	for a in "$@"; do
+		d=$out/awk-$a
+		mkdir -p "$d/bin"
+		if [ "$a" = busybox ]; then
+			printf '#!/bin/sh\nexec busybox awk "$@"\n' > "$d/bin/awk"
+			chmod +x "$d/bin/awk"
+		else
+			ln -s "$(command -v "$a")" "$d/bin/awk"
+		fi
+		echo "== $a"
+		PATH=$d/bin:$PATH VBP_BUILD=$d "$here/patches.sh" || return
+		diff -r "$VBP_BUILD/patches" "$d/patches" || return
+	done
+}
+
 suite_intree() {
-	local t0 log=$out/intree.log
+	local t0 log=$out/intree.log a awks=()
 
 	t0=$(date +%s)
 	echo "# intree: make patches, applied to $VBP_KSRC_PKG in $VBP_CACHE/intree (extracted once)"
@@ -354,6 +376,11 @@ suite_intree() {
 		not_ok_with_log "$log" "intree: make patches: the series applies to $VBP_KSRC_PKG" "see $log"
 		return
 	fi
+	for a in gawk mawk original-awk busybox; do
+		command -v "$a" >/dev/null && awks+=("$a")
+	done
+	step "intree: make patches gives the same series with each awk (${awks[*]})" \
+		"$out/intree-awk.log" same_with_every_awk "${awks[@]}"
 	if grep -q '^patches: built in' "$log"; then
 		tap ok "intree: both drivers build in the tree (W=1, no warning)"
 	else

@@ -20,7 +20,9 @@
 # the drivers' files once more with W=1.  make check's "intree" suite runs
 # it.
 
-set -euo pipefail
+set -eEuo pipefail
+# A step that fails says which.
+trap 'echo "patches: line $LINENO: $BASH_COMMAND: exit $?" >&2' ERR
 
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=scripts/env.sh
@@ -50,22 +52,28 @@ export GIT_COMMITTER_NAME=$GIT_AUTHOR_NAME GIT_COMMITTER_EMAIL=$GIT_AUTHOR_EMAIL
 export GIT_AUTHOR_DATE=$date GIT_COMMITTER_DATE=$date
 
 # insert FILE LINE-REGEX TEXT: TEXT (and an empty line) before the first line
-# matching the regex; fails if there is none.
+# matching the extended regex; dies naming the file and the regex if none
+# does.  The regex and the text reach awk through its environment, where
+# every awk (gawk, mawk, busybox) takes them as they are: "awk -v" would
+# interpret their backslashes first, and each awk does that differently.
 insert() {
-	awk -v re="$2" -v text="$3" '
-		!done && $0 ~ re { print text; print ""; done = 1 }
-		{ print }
-		END { exit !done }' "$1" > "$1.new" &&
-		mv "$1.new" "$1"
+	edit_at "$1" "$2" "$3" before
 }
 
 # append_after FILE LINE-REGEX TEXT: TEXT after the first matching line.
 append_after() {
-	awk -v re="$2" -v text="$3" '
+	edit_at "$1" "$2" "$3" after
+}
+
+edit_at() {
+	VBP_RE=$2 VBP_TEXT=$3 VBP_WHERE=$4 awk '
+		BEGIN { re = ENVIRON["VBP_RE"]; before = ENVIRON["VBP_WHERE"] == "before" }
+		!done && before && $0 ~ re { print ENVIRON["VBP_TEXT"]; print ""; done = 1 }
 		{ print }
-		!done && $0 ~ re { print text; done = 1 }
-		END { exit !done }' "$1" > "$1.new" &&
-		mv "$1.new" "$1"
+		!done && !before && $0 ~ re { print ENVIRON["VBP_TEXT"]; done = 1 }
+		END { exit !done }' "$1" > "$1.new" ||
+		die "no line of ${1#"$work"/} matches /$2/ (inserting $4 it)"
+	mv "$1.new" "$1"
 }
 
 # Our Kconfig or Makefile without its SPDX line.
