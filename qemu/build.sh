@@ -10,7 +10,9 @@
 # it and builds nothing.  The source package is fetched with
 # "apt-get source" (make deps adds the deb-src entries) into
 # $VBP_CACHE/qemu/src when it is not there yet.  Progress goes to standard
-# error; standard output gets one line, the binary's path.
+# error (each phase, and the build's steps done of the total every few
+# seconds; the tools' output is in the build log); standard output gets one
+# line, the binary's path.
 #
 #   qemu/build.sh           build the binary unless it is cached
 #   qemu/build.sh -n        only print the path the binary has, built or not
@@ -134,7 +136,10 @@ fi
 
 # One build at a time; a second caller waits and then finds the binary.
 exec 9>"$cache/.lock"
-flock 9
+flock -n 9 || {
+	echo "qemu: waiting for the build that holds $cache/.lock" >&2
+	flock 9
+}
 
 # QEMU's own style checker, from the upstream tarball, kept with the source.
 if [ "$checkpatch" = 1 ]; then
@@ -171,6 +176,25 @@ fail() {
 	die "$* (log: $log)"
 }
 
+# build_progress: ninja's output into the log, and its steps done of the
+# total to standard error, one line each $progress_s seconds.
+progress_s=15
+build_progress() {
+	local line last=$SECONDS step='' shown=''
+
+	while IFS= read -r line; do
+		printf '%s\n' "$line" >>"$log"
+		[[ "$line" =~ ^\[([0-9]+/[0-9]+)\]\  ]] || continue
+		step=${BASH_REMATCH[1]}
+		(( SECONDS - last >= progress_s )) || continue
+		last=$SECONDS
+		shown=$step
+		echo "qemu: building: $step steps" >&2
+	done
+	[ "$step" = "$shown" ] ||
+		echo "qemu: building: $step steps" >&2
+}
+
 echo "qemu: extracting $upstream with Debian's patches" >&2
 dpkg-source --no-copy -x "$dsc" "$work" >>"$log" 2>&1 || fail "dpkg-source failed"
 sed -i "$edk2_sed" "$work/meson.build"
@@ -189,8 +213,8 @@ mkdir "$work/build"
 	fail "configure failed"
 
 echo "qemu: building qemu-system-x86_64 (several minutes)" >&2
-ninja -C "$work/build" qemu-system-x86_64 >>"$log" 2>&1 ||
-	fail "the build failed"
+NINJA_STATUS='[%f/%t] ' ninja -C "$work/build" qemu-system-x86_64 2>&1 |
+	build_progress || fail "the build failed"
 
 mkdir -p "$out"
 cp "$work/build/qemu-system-x86_64" "$bin.tmp"

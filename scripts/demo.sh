@@ -128,7 +128,14 @@ stage_host() {
 		printf 'demo: [%4d s] %s\n' $(( $(date +%s) - t0 )) "$*" | tee -a "$log"
 	}
 	progress "QEMU with vhost-blk-pci (make qemu; about 7 minutes the first time)"
-	qemu=$("$VBP_ROOT/qemu/build.sh" 2>>"$log") || die "make qemu failed (see $log)"
+	# Its phases and steps shown, the rest of what it says in the log.
+	"$VBP_ROOT/qemu/build.sh" 2>&1 >"$out/qemu.path" | while IFS= read -r line; do
+		case "$line" in
+		qemu:*) progress "$line" ;;
+		*) printf '%s\n' "$line" >>"$log" ;;
+		esac
+	done || die "make qemu failed (see $log)"
+	qemu=$(cat "$out/qemu.path")
 	progress "QEMU: $qemu"
 	if [ -n "${DEMO_BACKEND:-}" ]; then
 		[ -e "$DEMO_BACKEND" ] || die "DEMO_BACKEND=$DEMO_BACKEND does not exist"
