@@ -163,6 +163,8 @@ struct vhost_blk_vq {
 	struct work_struct reap_work;
 	/* Requests taken from this ring and not yet answered. */
 	atomic_t inflight;
+	/* A request was taken since the last vhost_blk_settle(). */
+	bool taken;
 	/* A chain could not be answered; set until the ring is reset. */
 	bool broken;
 };
@@ -798,6 +800,7 @@ static int vhost_blk_handle_req(struct vhost_blk_vq *bvq,
 	req->out_num = out;
 	req->in_num = in;
 	atomic_inc(&bvq->inflight);
+	WRITE_ONCE(bvq->taken, true);
 
 	/* The status byte is the last byte the device may write. */
 	last = &req->iov[out + in - 1];
@@ -1044,9 +1047,18 @@ static void vhost_blk_drain_vq(struct vhost_blk_vq *bvq)
  */
 static void vhost_blk_settle(struct vhost_blk *blk)
 {
+	bool taken = false;
 	unsigned int i;
 
-	synchronize_rcu();
+	/* No grace period where no request was (opening and closing). */
+	for (i = 0; i < blk->nvqs; i++) {
+		if (READ_ONCE(blk->vqs[i].taken)) {
+			WRITE_ONCE(blk->vqs[i].taken, false);
+			taken = true;
+		}
+	}
+	if (taken)
+		synchronize_rcu();
 	vhost_dev_flush(&blk->dev);
 	for (i = 0; i < blk->nvqs; i++)
 		flush_work(&blk->vqs[i].reap_work);
