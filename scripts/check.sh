@@ -96,9 +96,21 @@ expect_run() {
 }
 
 suite_vmrun() {
-	local t0
+	local t0 d here_now=$PWD
 
 	t0=$(date +%s)
+	# A command in a directory below one that is tmpfs in the guest (as a
+	# checkout in /root is) finds its directory and files there, and /tmp
+	# stays writable.
+	d=$(mktemp -d /tmp/vbp-vmrun-path.XXXXXX)
+	echo here-42 > "$d/data"
+	# shellcheck disable=SC2016 # expanded by the guest's shell
+	echo 'echo writable > /tmp/w && echo "probe: $(cat data) $(cat /tmp/w)"' > "$d/probe.sh"
+	cd "$d" || return
+	expect_run "vm-run: a command whose directory and script are in /tmp runs there" 0 \
+		'^probe: here-42 writable$' -t 300 -- bash "$d/probe.sh"
+	cd "$here_now" || return
+	rm -rf "$d"
 	# shellcheck disable=SC2016 # expanded by the guest's shell
 	expect_run "vm-run: a clean command passes and its output is shown (-p: a kernel parameter)" 0 \
 		'^marker-42$' -t 300 -p vbp.marker=42 -- \
