@@ -32,6 +32,7 @@
 #include <linux/blkdev.h>
 #include <linux/cpumask.h>
 #include <linux/debugfs.h>
+#include <linux/delay.h>
 #include <linux/idr.h>
 #include <linux/interrupt.h>
 #include <linux/kthread.h>
@@ -43,6 +44,7 @@
 #include <linux/seq_file.h>
 #include <linux/slab.h>
 #include <linux/string.h>
+#include <linux/suspend.h>
 #include <linux/uaccess.h>
 #include <linux/virtio.h>
 #include <linux/virtio_blk.h>
@@ -94,7 +96,7 @@ struct vbp_device;
 /**
  * struct vbp_queue - one virtqueue and the blk-mq hardware queue on it
  * @lock: guards the virtqueue and every field below it
- * @vq: the virtqueue
+ * @vq: the virtqueue; NULL while the device is frozen for system sleep
  * @vbp: the device
  * @index: index of the virtqueue and of the hardware queue
  * @is_poll_type: an HCTX_TYPE_POLL queue: no interrupt, reaped by ->poll
@@ -139,7 +141,8 @@ struct vbp_queue {
  * @vdev: the virtio device
  * @disk: the disk
  * @tag_set: blk-mq tag set
- * @lock: serialises mode and cache changes, config updates and removal
+ * @lock: serialises mode and cache changes, config updates, removal and
+ *	system sleep
  * @mode: completion mode (enum vbp_mode); read locklessly in the I/O path
  * @nr_queues: virtqueues in use
  * @io_queues: hardware queues of each blk-mq map type
@@ -149,13 +152,18 @@ struct vbp_queue {
  * @broken_work: fails all I/O of a device that broke the virtio protocol
  * @broken: @broken_work has run or is queued
  * @removing: the device is going away; no config work
+ * @frozen: from the start of a freeze for system sleep to the end of a
+ *	successful restore: the virtqueues are going or gone, mode and cache
+ *	changes are refused
+ * @quiesced: the freeze holds new requests back in the quiesced queue
+ *	(guarded by the device lock, as freeze, restore and removal are)
  * @debugfs: this disk's debugfs directory
  */
 struct vbp_device {
 	struct virtio_device *vdev;
 	struct gendisk *disk;
 	struct blk_mq_tag_set tag_set;
-	struct mutex lock;	/* mode, cache, config, removal */
+	struct mutex lock;	/* mode, cache, config, removal, sleep */
 	unsigned int mode;
 	unsigned int nr_queues;
 	unsigned int io_queues[HCTX_MAX_TYPES];
@@ -165,6 +173,8 @@ struct vbp_device {
 	struct work_struct broken_work;
 	atomic_t broken;
 	bool removing;
+	bool frozen;
+	bool quiesced;
 	struct dentry *debugfs;
 };
 
@@ -523,6 +533,12 @@ static void vbp_count_used(struct vbp_queue *q)
 {
 	q->used_seen++;
 }
+
+static void vbp_reset_fault_locked(struct vbp_queue *q)
+{
+	q->fault = VBP_FAULT_NONE;
+	q->used_seen = 0;
+}
 #else
 static bool vbp_inject_locked(struct vbp_queue *q)
 {
@@ -530,6 +546,10 @@ static bool vbp_inject_locked(struct vbp_queue *q)
 }
 
 static void vbp_count_used(struct vbp_queue *q)
+{
+}
+
+static void vbp_reset_fault_locked(struct vbp_queue *q)
 {
 }
 #endif
@@ -543,7 +563,8 @@ static unsigned int vbp_take_locked(struct vbp_queue *q, struct vbp_req ***tail)
 	struct vbp_req *vr;
 	unsigned int len, n = 0;
 
-	if (!vbp_inject_locked(q))
+	/* A poll of an io_uring queue may come in while the device is frozen. */
+	if (unlikely(!q->vq) || !vbp_inject_locked(q))
 		return 0;
 	while ((vr = virtqueue_get_buf(q->vq, &len))) {
 		vbp_count_used(q);
@@ -730,6 +751,14 @@ static blk_status_t vbp_queue_rq(struct blk_mq_hw_ctx *hctx,
 	blk_status_t status;
 	int nents, err;
 
+	/*
+	 * The virtqueues are replaced only while the queue is quiesced; a
+	 * request dispatched without one is for a device removed while it
+	 * was frozen.
+	 */
+	if (unlikely(!READ_ONCE(q->vq)))
+		return BLK_STS_IOERR;
+
 	status = vbp_setup_cmd(vbp->vdev, req, vr);
 	if (unlikely(status))
 		return status;
@@ -780,6 +809,8 @@ static void vbp_commit_rqs(struct blk_mq_hw_ctx *hctx)
 	unsigned long flags;
 	bool kick;
 
+	if (unlikely(!READ_ONCE(q->vq)))
+		return;
 	spin_lock_irqsave(&q->lock, flags);
 	kick = virtqueue_kick_prepare(q->vq);
 	spin_unlock_irqrestore(&q->lock, flags);
@@ -1043,8 +1074,12 @@ static ssize_t cache_type_store(struct device *dev,
 	if (i < 0)
 		return -EINVAL;
 	mutex_lock(&vbp->lock);
-	virtio_cwrite8(vbp->vdev, offsetof(struct virtio_blk_config, wce), i);
-	err = vbp_update_cache(vbp);
+	if (vbp->frozen) {
+		err = -EBUSY;
+	} else {
+		virtio_cwrite8(vbp->vdev, offsetof(struct virtio_blk_config, wce), i);
+		err = vbp_update_cache(vbp);
+	}
 	mutex_unlock(&vbp->lock);
 	return err ? err : count;
 }
@@ -1068,6 +1103,11 @@ static ssize_t completion_mode_store(struct device *dev,
 	if (mode < 0)
 		return mode;
 	mutex_lock(&vbp->lock);
+	/* Frozen: the queue's freeze would wait for held-back requests. */
+	if (vbp->frozen) {
+		mutex_unlock(&vbp->lock);
+		return -EBUSY;
+	}
 	blk_mq_freeze_queue(rq);
 	vbp_apply_mode(vbp, mode);
 	blk_mq_unfreeze_queue(rq);
@@ -1173,10 +1213,60 @@ static const struct file_operations vbp_inject_fops = {
 	.llseek	= noop_llseek,
 };
 
+#ifdef CONFIG_PM_SLEEP
+/*
+ * "<ms>": take the device through the virtio core's freeze and restore, as
+ * a system sleep does, and keep it frozen for that many milliseconds.
+ */
+static ssize_t vbp_sleep_write(struct file *file, const char __user *ubuf,
+			       size_t count, loff_t *ppos)
+{
+	struct vbp_device *vbp = file->private_data;
+	struct device *dev = &vbp->vdev->dev;
+	unsigned int ms, sleep_flags;
+	int err;
+
+	err = kstrtouint_from_user(ubuf, count, 0, &ms);
+	if (err)
+		return err;
+	if (ms > 10 * MSEC_PER_SEC)
+		return -EINVAL;
+
+	/*
+	 * Not during a system sleep, nor against removal (which holds the
+	 * device lock while it waits for this file's writers).
+	 */
+	sleep_flags = lock_system_sleep();
+	if (!device_trylock(dev)) {
+		unlock_system_sleep(sleep_flags);
+		return -EBUSY;
+	}
+	err = virtio_device_freeze(vbp->vdev);
+	if (!err) {
+		msleep(ms);
+		err = virtio_device_restore(vbp->vdev);
+	}
+	device_unlock(dev);
+	unlock_system_sleep(sleep_flags);
+	return err ? err : count;
+}
+
+static const struct file_operations vbp_sleep_fops = {
+	.owner	= THIS_MODULE,
+	.open	= simple_open,
+	.write	= vbp_sleep_write,
+	.llseek	= noop_llseek,
+};
+#endif
+
 static void vbp_debugfs_inject(struct vbp_device *vbp)
 {
 	debugfs_create_file("inject", 0200, vbp->debugfs, vbp,
 			    &vbp_inject_fops);
+#ifdef CONFIG_PM_SLEEP
+	debugfs_create_file("sleep", 0200, vbp->debugfs, vbp,
+			    &vbp_sleep_fops);
+#endif
 }
 #else
 static void vbp_debugfs_inject(struct vbp_device *vbp)
@@ -1186,25 +1276,31 @@ static void vbp_debugfs_inject(struct vbp_device *vbp)
 
 /* Probe and removal. */
 
-static int vbp_init_vqs(struct vbp_device *vbp)
+static int vbp_read_num_queues(struct vbp_device *vbp, u16 *num_queues)
 {
 	struct virtio_device *vdev = vbp->vdev;
-	struct irq_affinity desc = { 0, };
-	struct virtqueue_info *vqs_info;
-	unsigned int i, nr_poll;
-	struct virtqueue **vqs;
-	u16 num_queues;
-	int err;
 
-	err = virtio_cread_feature(vdev, VIRTIO_BLK_F_MQ,
-				   struct virtio_blk_config, num_queues,
-				   &num_queues);
-	if (err) {
-		num_queues = 1;
-	} else if (!num_queues) {
+	if (virtio_cread_feature(vdev, VIRTIO_BLK_F_MQ,
+				 struct virtio_blk_config, num_queues,
+				 num_queues)) {
+		*num_queues = 1;
+	} else if (!*num_queues) {
 		dev_err(&vdev->dev, "device offers MQ with zero queues\n");
 		return -EINVAL;
 	}
+	return 0;
+}
+
+/* The queues of the disk, fixed for its lifetime. */
+static int vbp_init_queues(struct vbp_device *vbp)
+{
+	unsigned int i, nr_poll;
+	u16 num_queues;
+	int err;
+
+	err = vbp_read_num_queues(vbp, &num_queues);
+	if (err)
+		return err;
 	vbp->nr_queues = min_t(unsigned int, num_queues, nr_cpu_ids);
 	nr_poll = min(READ_ONCE(vbp_poll_queues), vbp->nr_queues - 1);
 	vbp->io_queues[HCTX_TYPE_DEFAULT] = vbp->nr_queues - nr_poll;
@@ -1212,21 +1308,55 @@ static int vbp_init_vqs(struct vbp_device *vbp)
 	vbp->io_queues[HCTX_TYPE_POLL] = nr_poll;
 
 	vbp->queues = kcalloc(vbp->nr_queues, sizeof(*vbp->queues), GFP_KERNEL);
+	if (!vbp->queues)
+		return -ENOMEM;
+
+	for (i = 0; i < vbp->nr_queues; i++) {
+		struct vbp_queue *q = &vbp->queues[i];
+
+		spin_lock_init(&q->lock);
+		q->vbp = vbp;
+		q->index = i;
+		q->is_poll_type = i >= vbp->io_queues[HCTX_TYPE_DEFAULT];
+		snprintf(q->name, VBP_VQ_NAME_LEN, "%s.%u",
+			 q->is_poll_type ? "poll" : "req", i);
+	}
+	return 0;
+}
+
+/*
+ * The virtqueues of the queues, at probe and again on restore from system
+ * sleep; a queue starts empty, not polling, with its interrupts on.
+ */
+static int vbp_init_vqs(struct vbp_device *vbp)
+{
+	struct virtio_device *vdev = vbp->vdev;
+	struct irq_affinity desc = { 0, };
+	struct virtqueue_info *vqs_info;
+	struct virtqueue **vqs;
+	u16 num_queues;
+	unsigned int i;
+	int err;
+
+	err = vbp_read_num_queues(vbp, &num_queues);
+	if (err)
+		return err;
+	if (num_queues < vbp->nr_queues) {
+		dev_err(&vdev->dev, "device has %u queues, the disk %u\n",
+			num_queues, vbp->nr_queues);
+		return -EINVAL;
+	}
+
 	vqs_info = kcalloc(vbp->nr_queues, sizeof(*vqs_info), GFP_KERNEL);
 	vqs = kcalloc(vbp->nr_queues, sizeof(*vqs), GFP_KERNEL);
-	if (!vbp->queues || !vqs_info || !vqs) {
+	if (!vqs_info || !vqs) {
 		err = -ENOMEM;
 		goto out_free;
 	}
 
 	for (i = 0; i < vbp->nr_queues; i++) {
-		struct vbp_queue *q = &vbp->queues[i];
-
-		q->is_poll_type = i >= vbp->io_queues[HCTX_TYPE_DEFAULT];
-		snprintf(q->name, VBP_VQ_NAME_LEN, "%s.%u",
-			 q->is_poll_type ? "poll" : "req", i);
-		vqs_info[i].name = q->name;
-		if (!q->is_poll_type)
+		vqs_info[i].name = vbp->queues[i].name;
+		if (!vbp->queues[i].is_poll_type)
 			vqs_info[i].callback = vbp_vq_done;
 	}
 
@@ -1236,21 +1366,37 @@ static int vbp_init_vqs(struct vbp_device *vbp)
 
 	for (i = 0; i < vbp->nr_queues; i++) {
 		struct vbp_queue *q = &vbp->queues[i];
+		unsigned long flags;
 
-		spin_lock_init(&q->lock);
-		q->vq = vqs[i];
-		q->vbp = vbp;
-		q->index = i;
+		spin_lock_irqsave(&q->lock, flags);
+		WRITE_ONCE(q->vq, vqs[i]);
+		q->inflight = 0;
+		q->polling = false;
+		q->stopped = false;
+		vbp_reset_fault_locked(q);
+		spin_unlock_irqrestore(&q->lock, flags);
 	}
 
 out_free:
 	kfree(vqs);
 	kfree(vqs_info);
-	if (err) {
-		kfree(vbp->queues);
-		vbp->queues = NULL;
-	}
 	return err;
+}
+
+/* Called with the device reset: no callback runs, nothing is in flight. */
+static void vbp_del_vqs(struct vbp_device *vbp)
+{
+	unsigned int i;
+
+	for (i = 0; i < vbp->nr_queues; i++) {
+		struct vbp_queue *q = &vbp->queues[i];
+		unsigned long flags;
+
+		spin_lock_irqsave(&q->lock, flags);
+		WRITE_ONCE(q->vq, NULL);
+		spin_unlock_irqrestore(&q->lock, flags);
+	}
+	vbp->vdev->config->del_vqs(vbp->vdev);
 }
 
 static int vbp_read_limits(struct vbp_device *vbp, struct queue_limits *lim)
@@ -1407,9 +1553,12 @@ static int vbp_probe(struct virtio_device *vdev)
 		goto err_free_vbp;
 	}
 
-	err = vbp_init_vqs(vbp);
+	err = vbp_init_queues(vbp);
 	if (err)
 		goto err_free_index;
+	err = vbp_init_vqs(vbp);
+	if (err)
+		goto err_free_queues;
 
 	depth = virtqueue_get_vring_size(vbp->queues[0].vq);
 	if (!virtio_has_feature(vdev, VIRTIO_RING_F_INDIRECT_DESC))
@@ -1475,7 +1624,8 @@ err_stop_pollers:
 err_free_tags:
 	blk_mq_free_tag_set(&vbp->tag_set);
 err_del_vqs:
-	vdev->config->del_vqs(vdev);
+	vbp_del_vqs(vbp);
+err_free_queues:
 	kfree(vbp->queues);
 err_free_index:
 	ida_free(&vbp_index_ida, vbp->index);
@@ -1483,6 +1633,19 @@ err_free_vbp:
 	vdev->priv = NULL;
 	kfree(vbp);
 	return err;
+}
+
+/*
+ * A frozen device that does not come back: the requests held back fail,
+ * in vbp_queue_rq, for want of virtqueues.
+ */
+static void vbp_fail_frozen(struct vbp_device *vbp)
+{
+	if (!vbp->quiesced)
+		return;
+	vbp->quiesced = false;
+	blk_mark_disk_dead(vbp->disk);
+	blk_mq_unquiesce_queue(vbp->disk->queue);
 }
 
 static void vbp_remove(struct virtio_device *vdev)
@@ -1494,13 +1657,18 @@ static void vbp_remove(struct virtio_device *vdev)
 	mutex_unlock(&vbp->lock);
 	flush_work(&vbp->config_work);
 
-	/*
-	 * A device that is gone (surprise removal breaks its virtqueues)
-	 * never completes what it holds: fail it, or del_gendisk would wait
-	 * forever.  A present device finishes its requests first.
-	 */
-	if (virtqueue_is_broken(vbp->queues[0].vq))
+	if (vbp->frozen) {
+		/* Removed while frozen, or after a failed restore. */
+		vbp_fail_frozen(vbp);
+	} else if (virtqueue_is_broken(vbp->queues[0].vq)) {
+		/*
+		 * A device that is gone (surprise removal breaks its
+		 * virtqueues) never completes what it holds: fail it, or
+		 * del_gendisk would wait forever.  A present device finishes
+		 * its requests first.
+		 */
 		vbp_mark_broken(vbp);
+	}
 	flush_work(&vbp->broken_work);
 
 	debugfs_remove_recursive(vbp->debugfs);
@@ -1512,13 +1680,106 @@ static void vbp_remove(struct virtio_device *vdev)
 	mutex_unlock(&vbp->lock);
 	flush_work(&vbp->broken_work);
 
-	vdev->config->del_vqs(vdev);
+	if (!vbp->frozen)
+		vbp_del_vqs(vbp);
 	put_disk(vbp->disk);
 	blk_mq_free_tag_set(&vbp->tag_set);
 	kfree(vbp->queues);
 	ida_free(&vbp_index_ida, vbp->index);
 	kfree(vbp);
 }
+
+#ifdef CONFIG_PM_SLEEP
+/* System sleep. */
+
+/*
+ * Wait for the requests on the virtqueues.  Those of the poll queues
+ * complete only when polled, and who would poll them may be a frozen task:
+ * reap them meanwhile.
+ */
+static void vbp_drain(struct vbp_device *vbp)
+{
+	struct request_queue *rq = vbp->disk->queue;
+	unsigned int i;
+
+	blk_freeze_queue_start(rq);
+	while (!blk_mq_freeze_queue_wait_timeout(rq, 1)) {
+		for (i = vbp->io_queues[HCTX_TYPE_DEFAULT]; i < vbp->nr_queues;
+		     i++)
+			vbp_reap(&vbp->queues[i], VBP_BY_BLK_POLL, NULL);
+	}
+}
+
+static int vbp_freeze(struct virtio_device *vdev)
+{
+	struct vbp_device *vbp = vdev->priv;
+	struct request_queue *rq = vbp->disk->queue;
+
+	/* No mode or cache change may freeze the queue from here on. */
+	mutex_lock(&vbp->lock);
+	vbp->frozen = true;
+	mutex_unlock(&vbp->lock);
+
+	/*
+	 * What the device holds completes; what comes later waits in the
+	 * quiesced queue for restore.  The queue is not left frozen, so
+	 * that no task waits to enter it while the system goes to sleep.
+	 */
+	vbp_drain(vbp);
+	blk_mq_quiesce_queue(rq);
+	vbp->quiesced = true;
+	blk_mq_unfreeze_queue(rq);
+	flush_work(&vbp->broken_work);
+
+	/* No interrupt, poller or config work touches the device now. */
+	virtio_reset_device(vdev);
+	vbp_stop_pollers(vbp);
+	flush_work(&vbp->config_work);
+	vbp_del_vqs(vbp);
+	return 0;
+}
+
+static int vbp_restore(struct virtio_device *vdev)
+{
+	struct vbp_device *vbp = vdev->priv;
+	int err;
+
+	err = vbp_init_vqs(vbp);
+	if (err)
+		goto err_fail;
+	err = vbp_start_pollers(vbp);
+	if (err)
+		goto err_del_vqs;
+
+	/* A device that was powered off forgot the cache mode the disk has. */
+	if (virtio_has_feature(vdev, VIRTIO_BLK_F_CONFIG_WCE) &&
+	    virtio_has_feature(vdev, VIRTIO_BLK_F_FLUSH))
+		virtio_cwrite8(vdev, offsetof(struct virtio_blk_config, wce),
+			       !!(vbp->disk->queue->limits.features &
+				  BLK_FEAT_WRITE_CACHE));
+
+	virtio_device_ready(vdev);
+	vbp_apply_mode(vbp, READ_ONCE(vbp->mode));
+
+	/* Unquiesced before a mode change may freeze the queue again. */
+	vbp->quiesced = false;
+	blk_mq_unquiesce_queue(vbp->disk->queue);
+	mutex_lock(&vbp->lock);
+	vbp->frozen = false;
+	mutex_unlock(&vbp->lock);
+	return 0;
+
+err_del_vqs:
+	vbp_stop_pollers(vbp);
+	virtio_reset_device(vdev);
+	vbp_del_vqs(vbp);
+err_fail:
+	dev_err(&vdev->dev, "%s: cannot restore the device: %d\n",
+		vbp->disk->disk_name, err);
+	vbp_fail_frozen(vbp);
+	return err;
+}
+#endif
 
 static const struct virtio_device_id vbp_id_table[] = {
 	{ VIRTIO_ID_BLOCK, VIRTIO_DEV_ANY_ID },
@@ -1541,6 +1802,10 @@ static struct virtio_driver vbp_driver = {
 	.probe			= vbp_probe,
 	.remove			= vbp_remove,
 	.config_changed		= vbp_config_changed,
+#ifdef CONFIG_PM_SLEEP
+	.freeze			= vbp_freeze,
+	.restore		= vbp_restore,
+#endif
 };
 
 static int __init vbp_init(void)

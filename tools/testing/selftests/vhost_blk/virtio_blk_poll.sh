@@ -4,7 +4,8 @@
 # virtio_blk_poll on QEMU's stock virtio-blk-pci devices: binding and
 # coexistence with virtio_blk, verified I/O in each completion mode with the
 # interrupts it takes, io_uring IOPOLL, discard, write zeroes, flush and cache
-# mode, serial, read-only, resize, a file system, hot unplug under I/O.
+# mode, freeze and restore for system sleep under I/O, serial, read-only,
+# resize, a file system, hot unplug under I/O.
 #
 # VBP_TEST_DISKS describes the machine's disks, one word per disk:
 #   serial:sectors:queues[:flag...]
@@ -12,6 +13,11 @@
 # resize (QMP drive id <serial>, may be resized), 4k (4 KiB logical and
 # physical blocks, 8 KiB minimum and 64 KiB optimal I/O size).  Disks that are not
 # described are left alone.
+#
+# VBP_TEST_SYSTEM_SLEEP=1 also puts the whole machine through suspend and
+# hibernation in the kernel's test mode (pm_test=devices) under I/O: only for
+# a machine all of whose devices survive a system sleep (virtio-9p, the root
+# of vm-run's VMs, has no freeze or restore and does not).
 
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -389,6 +395,141 @@ test_flush() {
 	return $ok
 }
 
+# writes_over DISK N: the disk has completed more than N writes (read
+# without starting a program).
+writes_over() {
+	local f
+
+	read -ra f < "/sys/block/$1/stat"
+	[ "${f[4]}" -gt "$2" ]
+}
+
+absent() { [ ! -e "$1" ]; }
+ended() { ! kill -0 "$1" 2>/dev/null; }
+
+# sleep_cycle DISK: freeze the disk's device for 300 ms and restore it,
+# through the virtio core as a system sleep does (debugfs); bounded.
+sleep_cycle() {
+	local pid
+
+	(echo 300 > "$DBG/$1/sleep") 2>/tmp/sleep.err &
+	pid=$!
+	if ! vbp_until 60 ended "$pid"; then
+		echo "# $1: freeze and restore still running after 60 s"
+		vbp_show_blocked
+		return 1
+	fi
+	wait "$pid" || { echo "# $1: freeze and restore failed: $(cat /tmp/sleep.err)"; return 1; }
+}
+
+# system_sleep STATE: suspend (mem) or hibernate (disk) the machine in the
+# kernel's test mode: every device's callbacks run, nothing powers off.
+system_sleep() {
+	local pid
+
+	echo devices > /sys/power/pm_test || return 1
+	(echo "$1" > /sys/power/state) 2>/tmp/sleep.err &
+	pid=$!
+	if ! vbp_until 120 ended "$pid"; then
+		echo "# $1: system sleep still running after 120 s"
+		vbp_show_blocked
+		return 1
+	fi
+	wait "$pid" || { echo "# $1: system sleep failed: $(cat /tmp/sleep.err)"; return 1; }
+	echo none > /sys/power/pm_test
+}
+
+# sleep_run DISK MODE FIO_ARGS...: verified writes (written, then read back
+# and checked) while the device is frozen and restored, three times while
+# it writes; then every request has completed, the data verified, and the
+# mode holds.
+sleep_run() {
+	local b=$1 mode=$2 w0 pid irq0 ios0 irqs nq n=0 rc ok=0 cycle=sleep_cycle
+
+	shift 2
+	[ "${VBP_TEST_SYSTEM_SLEEP:-0}" = 1 ] && cycle=system_sleep
+	if [ "$mode" != iopoll ]; then
+		echo "$mode" > "/sys/block/$b/completion_mode" || return 1
+	fi
+	irq0=$(dbg_sum "$b" interrupts)
+	ios0=$(disk_ios "$b")
+	read -ra w0 < "/sys/block/$b/stat"
+	fio --name=s --filename="/dev/$b" --direct=1 --bs=4k --rw=randwrite \
+		--size="$FIO_SIZE" --verify=crc32c --verify_fatal=1 "$@" \
+		> /tmp/sleep.fio 2>&1 &
+	pid=$!
+	vbp_until 60 writes_over "$b" $((w0[4] + 200)) ||
+		{ echo "# $mode: fio wrote nothing in 60 s"; kill "$pid"; return 1; }
+	while [ $n -lt 3 ] && ! ended "$pid"; do
+		if [ "$cycle" = system_sleep ]; then
+			system_sleep "$( ((n % 2)) && echo disk || echo mem)" || { ok=1; break; }
+		else
+			sleep_cycle "$b" || { ok=1; break; }
+		fi
+		n=$((n + 1))
+		vbp_nap 0.5
+	done
+	if ! vbp_until 300 ended "$pid"; then
+		echo "# $mode: fio still running 300 s after $n freezes"
+		vbp_show_blocked
+		kill -9 "$pid"
+		return 1
+	fi
+	wait "$pid"
+	rc=$?
+	irqs=$(($(dbg_sum "$b" interrupts) - irq0))
+	echo "# $b $mode: $n freezes and restores ($cycle), fio exit $rc," \
+	     "$(($(disk_ios "$b") - ios0)) requests, $irqs vq interrupts"
+	[ "$rc" = 0 ] || { sed 's/^/#   /' /tmp/sleep.fio | grep -i 'err\|verify' | head -n 5; ok=1; }
+	[ $n -gt 0 ] || { echo "# $mode: fio ended before the first freeze"; ok=1; }
+	if [ "$mode" != iopoll ]; then
+		[ "$(cat "/sys/block/$b/completion_mode")" = "$mode" ] ||
+			{ echo "# mode $(cat "/sys/block/$b/completion_mode") after restore"; ok=1; }
+	fi
+	# Callbacks off on the new virtqueues.  With event index, disabling
+	# them asks for an event at used index 0: a fresh virtqueue signals
+	# its first completion once.
+	nq=$(($(wc -l < "$DBG/$b/queues") - 1))
+	if [ "$mode" = poll ] && [ "$irqs" -gt $((n * nq)) ]; then
+		echo "# poll mode took $irqs interrupts after $n restores of $nq queues"
+		ok=1
+	fi
+	sed 's/^/#   /' "$DBG/$b/queues"
+	return $ok
+}
+
+# Freeze and restore for system sleep, under verified I/O, in each mode
+# and on an io_uring poll queue.
+test_sleep() {
+	local s b mode ok=0
+
+	s=$(disk_with '!ro') || return 1
+	b=$(vbp_find_disk "$s" vbp) || return 1
+	if [ "${VBP_TEST_SYSTEM_SLEEP:-0}" = 1 ]; then
+		if ! grep -qw devices /sys/power/pm_test; then
+			echo "# SKIP no system sleep test mode (CONFIG_PM_DEBUG)"
+			return 4
+		fi
+		echo 1 > /sys/module/suspend/parameters/pm_test_delay || return 1
+	elif [ ! -e "$DBG/$b/sleep" ]; then
+		echo "# SKIP built without CONFIG_PM_SLEEP or CONFIG_VIRTIO_BLK_POLL_FAULT_INJECTION"
+		return 4
+	fi
+	for mode in irq poll hybrid; do
+		sleep_run "$b" $mode --ioengine=libaio --iodepth=16 --numjobs=2 \
+			--offset_increment="$FIO_SIZE" || ok=1
+	done
+	[ "${QUEUES[$s]}" -ge 2 ] || return $ok
+	vbp_unload_guest || return 1
+	load poll_queues=1 || return 1
+	b=$(vbp_find_disk "$s" vbp) || return 1
+	sleep_run "$b" iopoll --ioengine=io_uring --hipri=1 --iodepth=8 || ok=1
+	[ "$(dbg_sum "$b" blk_poll)" -gt 0 ] || { echo "# ->poll reaped nothing"; ok=1; }
+	vbp_unload_guest || return 1
+	load || return 1
+	return $ok
+}
+
 test_readonly() {
 	local s b ok=0
 
@@ -566,18 +707,6 @@ test_bad_device() {
 	return $ok
 }
 
-# writes_over DISK N: the disk has completed more than N writes (read
-# without starting a program).
-writes_over() {
-	local f
-
-	read -ra f < "/sys/block/$1/stat"
-	[ "${f[4]}" -gt "$2" ]
-}
-
-absent() { [ ! -e "$1" ]; }
-ended() { ! kill -0 "$1" 2>/dev/null; }
-
 test_unplug() {
 	local s b v pid rc w0 t
 
@@ -634,7 +763,7 @@ run() {
 }
 
 ktap_print_header
-ktap_set_plan 19
+ktap_set_plan 20
 run "probe binds every virtio-blk device (${#VDEVS[@]})" test_probe
 run "capacity and queue count from the device, one queue per CPU" test_config
 run "serial numbers (GET_ID) in sysfs" test_serial
@@ -648,6 +777,7 @@ run "idle pollers use no CPU" test_idle
 run "io_uring IOPOLL on a poll queue" test_iopoll
 run "discard and write zeroes" test_discard
 run "flush and cache_type" test_flush
+run "freeze and restore for system sleep under verified I/O, every mode" test_sleep
 run "read-only device refuses writes" test_readonly
 run "resize seen by the guest, with a uevent" test_resize
 run "ext4: mkfs, fio verify, fsck clean" test_fs
