@@ -18,6 +18,8 @@
 #   qemu/build.sh -n        only print the path the binary has, built or not
 #   qemu/build.sh -f        build again even if it is cached
 #   qemu/build.sh -c        check the series with QEMU's scripts/checkpatch.pl
+#   qemu/build.sh -p        print the directory of the source's qemu-plugin.h
+#                           (the TCG plugin API), extracting it if needed
 
 set -euo pipefail
 
@@ -59,11 +61,13 @@ die() {
 only_print=0
 force=0
 checkpatch=0
-while getopts nfch opt; do
+plugin_api=0
+while getopts nfcph opt; do
 	case $opt in
 	n) only_print=1 ;;
 	f) force=1 ;;
 	c) checkpatch=1 ;;
+	p) plugin_api=1 ;;
 	*) usage ;;
 	esac
 done
@@ -141,17 +145,31 @@ flock -n 9 || {
 	flock 9
 }
 
+# from_orig DIR FILE: FILE of the upstream tarball (a path below its top
+# directory) into DIR, unless it is there; kept with the source.
+from_orig() {
+	local dir=$1 file=$2 orig
+
+	[ -r "$dir/${file##*/}" ] && return 0
+	fetch_source
+	orig=$(sed -n 's/^ [0-9a-f]\{64\} [0-9]* \(.*\.orig\.tar\.[a-z0-9]*\)$/\1/p' "$dsc" | head -n 1)
+	mkdir -p "$dir"
+	tar -xf "$srcdir/$orig" -C "$dir" \
+		--strip-components=$(( $(tr -cd / <<<"$file" | wc -c) + 1 )) \
+		--wildcards "*/$file" || die "no $file in $orig"
+}
+
+# The plugin API of this QEMU source, for TCG plugins built against it.
+if [ "$plugin_api" = 1 ]; then
+	from_orig "$srcdir/plugin-api-${upstream%%-*}" include/qemu/qemu-plugin.h
+	echo "$srcdir/plugin-api-${upstream%%-*}"
+	exit 0
+fi
+
 # QEMU's own style checker, from the upstream tarball, kept with the source.
 if [ "$checkpatch" = 1 ]; then
-	fetch_source
 	cp_dir=$srcdir/checkpatch-${upstream%%-*}
-	if [ ! -x "$cp_dir/checkpatch.pl" ]; then
-		orig=$(sed -n 's/^ [0-9a-f]\{64\} [0-9]* \(.*\.orig\.tar\.[a-z0-9]*\)$/\1/p' "$dsc" | head -n 1)
-		mkdir -p "$cp_dir"
-		tar -xf "$srcdir/$orig" -C "$cp_dir" --strip-components=2 \
-			--wildcards '*/scripts/checkpatch.pl' ||
-			die "no scripts/checkpatch.pl in $orig"
-	fi
+	from_orig "$cp_dir" scripts/checkpatch.pl
 	rc=0
 	for p in $(series); do
 		"$cp_dir/checkpatch.pl" --no-tree "$patches/$p" || rc=1
