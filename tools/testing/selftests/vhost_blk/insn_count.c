@@ -33,15 +33,17 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_version = QEMU_PLUGIN_VERSION;
 #define KERNEL_VADDR	0x8000000000000000ULL
 
 /*
- * What one execution of a translation block adds, packed into the
- * callback's argument: no allocation per translation.  A block has at most
- * 512 instructions; syscall and iret end it.
+ * Counts packed into a callback's argument (no allocation per
+ * translation): what one execution of a translation block adds, and for a
+ * mark what its block adds after the mark, with the mark's number.  A
+ * block has at most 512 instructions; syscall and iret end it.
  */
 #define TB_INSNS	0xffffULL
 #define TB_KERNEL	0x10000ULL
 #define TB_SYSCALL_SHIFT 17
 #define TB_IRET_SHIFT	25
 #define TB_FIELD	0xffULL
+#define TB_MARK_SHIFT	40
 
 struct vcpu_count {
 	uint64_t insns[2];	/* user, kernel */
@@ -77,25 +79,36 @@ static void tb_exec(unsigned int vcpu, void *udata)
 		add(&c->irets, v >> TB_IRET_SHIFT & TB_FIELD);
 }
 
+static uint64_t get(const uint64_t *c)
+{
+	return __atomic_load_n(c, __ATOMIC_RELAXED);
+}
+
+/*
+ * The counters of every vCPU.  The marking vCPU's block was counted whole
+ * when it began: what follows the mark in it belongs after the mark.
+ */
 static void mark_exec(unsigned int vcpu, void *udata)
 {
+	uint64_t v = (uintptr_t)udata;
 	int i;
 
 	pthread_mutex_lock(&out_lock);
 	fprintf(out, "{\"mark\": %u, \"vcpu\": %u, \"cpus\": [",
-		(unsigned int)(uintptr_t)udata, vcpu);
+		(unsigned int)(v >> TB_MARK_SHIFT & TB_INSNS), vcpu);
 	for (i = 0; i < ncpus; i++) {
 		struct vcpu_count *c = &counts[i];
+		uint64_t n[4] = { get(&c->insns[0]), get(&c->insns[1]),
+				  get(&c->syscalls), get(&c->irets) };
 
+		if (i == (int)vcpu) {
+			n[!!(v & TB_KERNEL)] -= v & TB_INSNS;
+			n[2] -= v >> TB_SYSCALL_SHIFT & TB_FIELD;
+			n[3] -= v >> TB_IRET_SHIFT & TB_FIELD;
+		}
 		fprintf(out, "%s[%llu, %llu, %llu, %llu]", i ? ", " : "",
-			(unsigned long long)__atomic_load_n(&c->insns[0],
-							    __ATOMIC_RELAXED),
-			(unsigned long long)__atomic_load_n(&c->insns[1],
-							    __ATOMIC_RELAXED),
-			(unsigned long long)__atomic_load_n(&c->syscalls,
-							    __ATOMIC_RELAXED),
-			(unsigned long long)__atomic_load_n(&c->irets,
-							    __ATOMIC_RELAXED));
+			(unsigned long long)n[0], (unsigned long long)n[1],
+			(unsigned long long)n[2], (unsigned long long)n[3]);
 	}
 	fprintf(out, "]}\n");
 	fflush(out);
@@ -127,27 +140,35 @@ static bool is_iret(const uint8_t *b, size_t len)
 static void tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
 {
 	size_t i, n = qemu_plugin_tb_n_insns(tb);
-	uint64_t v = n & TB_INSNS, sys = 0, iret = 0;
+	uint64_t kernel = 0, sys = 0, iret = 0;
 
 	if (qemu_plugin_tb_vaddr(tb) & KERNEL_VADDR)
-		v |= TB_KERNEL;
-	for (i = 0; i < n; i++) {
+		kernel = TB_KERNEL;
+	/* Backwards: each mark learns what follows it in the block. */
+	for (i = n; i-- > 0;) {
 		struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, i);
 		const uint8_t *b = qemu_plugin_insn_data(insn);
 		size_t len = qemu_plugin_insn_size(insn);
 		int mark = mark_of(b, len);
 
-		if (mark >= 0)
+		if (mark >= 0) {
+			uint64_t v = (n - 1 - i) | kernel |
+				     (sys & TB_FIELD) << TB_SYSCALL_SHIFT |
+				     (iret & TB_FIELD) << TB_IRET_SHIFT |
+				     (uint64_t)mark << TB_MARK_SHIFT;
+
 			qemu_plugin_register_vcpu_insn_exec_cb(insn, mark_exec,
 							       QEMU_PLUGIN_CB_NO_REGS,
-							       (void *)(uintptr_t)mark);
+							       (void *)(uintptr_t)v);
+		}
 		sys += is_syscall(b, len);
 		iret += is_iret(b, len);
 	}
-	v |= (sys & TB_FIELD) << TB_SYSCALL_SHIFT;
-	v |= (iret & TB_FIELD) << TB_IRET_SHIFT;
 	qemu_plugin_register_vcpu_tb_exec_cb(tb, tb_exec, QEMU_PLUGIN_CB_NO_REGS,
-					     (void *)(uintptr_t)v);
+					     (void *)(uintptr_t)((n & TB_INSNS) |
+						kernel |
+						(sys & TB_FIELD) << TB_SYSCALL_SHIFT |
+						(iret & TB_FIELD) << TB_IRET_SHIFT));
 }
 
 static void at_exit(qemu_plugin_id_t id, void *p)
