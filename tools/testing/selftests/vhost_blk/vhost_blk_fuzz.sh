@@ -1,8 +1,8 @@
 #!/bin/bash
 # SPDX-License-Identifier: GPL-2.0
 #
-# The mini-VMM's ring fuzzer and races (vhost_blk_vmm_test, fixture fuzz)
-# on a file on tmpfs and on a polled null_blk.  The VM runner checks the
+# The mini-VMM's ring fuzzer and races (vhost_blk_fuzz_test) on a file on
+# tmpfs and on a polled null_blk.  The VM runner checks the
 # kernel log; unloading the module at the end destroys its request cache,
 # which warns (and fails the run) if a request was never freed.
 #
@@ -15,7 +15,7 @@
 . "$(dirname "$0")/lib.sh"
 vbp_require_root
 
-VMM_TEST=$VBP_SELFTEST_DIR/vhost_blk_vmm_test
+FUZZ_TEST=$VBP_SELFTEST_DIR/vhost_blk_fuzz_test
 REQUESTS=${VBP_FUZZ_REQUESTS:-100000}
 ROUNDS=${VBP_RACE_ROUNDS:-350}
 rc=0
@@ -42,7 +42,7 @@ fuzz() {
 	echo "# backend: $name"
 	# shellcheck disable=SC2086 # the harness options are words
 	env VBP_FUZZ_REQUESTS="$n" VBP_RACE_ROUNDS="$ROUNDS" "$@" \
-		"$VMM_TEST" $tests || rc=$KSFT_FAIL
+		"$FUZZ_TEST" $tests || rc=$KSFT_FAIL
 }
 
 fuzz "file on tmpfs" "-f fuzz" "$REQUESTS" VBP_TEST_DIR="$tmp"

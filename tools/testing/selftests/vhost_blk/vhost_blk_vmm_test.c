@@ -1,12 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * A mini virtual machine monitor and virtio-blk guest driver in one process,
- * run against /dev/vhost-blk-poll.  The process's own memory is the guest's
- * memory: two regions at distant guest-physical addresses, each its own
- * anonymous mapping.  The test lays split virtqueues out in it, negotiates
- * the features, attaches a backing file or block device and checks what the
- * device does with well-formed and malformed requests, byte for byte against
- * the backing store.
+ * The mini-VMM's functional tests (vmm.h) against /dev/vhost-blk-poll: the
+ * test lays split virtqueues out in guest memory, negotiates the features,
+ * attaches a backing file or block device and checks what the device does
+ * with well-formed and malformed requests, byte for byte against the
+ * backing store.
  *
  * Needs root and the module loaded.  Environment:
  *   VBP_TEST_DIR   directory for the 64 MiB backing file (default /tmp)
@@ -32,7 +30,6 @@
 #include <sys/eventfd.h>
 #include <sys/inotify.h>
 #include <sys/ioctl.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/types.h>
@@ -40,49 +37,14 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <linux/fs.h>
 #include <linux/vhost.h>
 #include <linux/vhost_blk.h>
 #include <linux/virtio_blk.h>
-#include <linux/virtio_config.h>
 #include <linux/virtio_ring.h>
 
-#include "../kselftest_harness.h"
-
-#ifndef VHOST_BLK_SET_SERIAL
-#define VHOST_BLK_SET_SERIAL	_IOW(VHOST_VIRTIO, 0x92, char[20])
-#endif
-#ifndef VHOST_BLK_MAX_DISCARD_SEG
-#define VHOST_BLK_MAX_DISCARD_SEG	1
-#endif
-
-#define DEV_PATH	"/dev/vhost-blk-poll"
-#define MAXQ_PARAM	"/sys/module/vhost_blk_poll/parameters/max_queues"
-
-#define SECTOR		512
-#define QSIZE		256		/* descriptors of each virtqueue */
-#define MAX_QUEUES	4		/* virtqueues the VMM sets up */
-#define IND_MAX		64		/* entries of an indirect table */
-#define MAX_DATA	(IND_MAX - 2)	/* data segments of one request */
-#define HDR_SIZE	16		/* struct virtio_blk_outhdr */
-
-/* Guest memory: two regions, a hole between them. */
-#define NREGIONS	2
-#define REGION_SIZE	(16ULL << 20)
-#define REGION1_GPA	0x40000000ULL
-#define HOLE_GPA	0x20000000ULL	/* mapped by neither region */
-/* Kept free at the end of region 0 and the start of region 1. */
-#define EDGE_SIZE	(64ULL << 10)
-
-#define FILE_SIZE	(64ULL << 20)
-#define MIN_BDEV_SIZE	(32ULL << 20)
-
-#define WAIT_MS		5000	/* longest wait for a completion */
-#define QUIET_MS	500	/* how long a stopped ring is watched */
-#define RD_MAX		(64 << 10)	/* largest check_dev() read */
+#include "vmm_harness.h"
 
 /* A free sector range for each test that needs one (in sectors). */
-#define ALIVE_SECTOR	9000
 #define DZ_SECTOR	3000
 #define DZ_LEN		64
 #define PB_SECTOR	24576	/* 128 sectors */
@@ -92,780 +54,6 @@
 #define BIG_BATCH	128
 #define BIG_LEN		4096
 #define BIG_BASE	32768	/* first sector; queues follow each other */
-
-static const uint64_t region_gpa[NREGIONS] = { 0, REGION1_GPA };
-
-/* Device-specific features negotiated whenever the device offers them. */
-static const uint64_t blk_features =
-	(1ULL << VIRTIO_BLK_F_SEG_MAX) |
-	(1ULL << VIRTIO_BLK_F_BLK_SIZE) |
-	(1ULL << VIRTIO_BLK_F_FLUSH) |
-	(1ULL << VIRTIO_BLK_F_MQ) |
-	(1ULL << VIRTIO_BLK_F_DISCARD) |
-	(1ULL << VIRTIO_BLK_F_WRITE_ZEROES);
-
-/* ------------------------------------------------------------------ */
-/* The mini-VMM: guest memory, split virtqueues, notifications          */
-/* ------------------------------------------------------------------ */
-
-/* One buffer of a request, as the guest describes it. */
-struct seg {
-	uint64_t gpa;
-	uint32_t len;
-	bool wr;		/* device-writable */
-};
-
-struct vq {
-	/* The ring, in guest memory. */
-	struct vring_desc *desc;
-	struct vring_avail *avail;
-	struct vring_used *used;
-	uint16_t *used_event;	/* after avail->ring[], written by us */
-	uint16_t *avail_event;	/* after used->ring[], written by the device */
-	uint64_t ind_gpa;	/* QSIZE indirect tables, one per head */
-	int kick;
-	int call;
-	int err;		/* the device reports a broken ring here */
-	uint16_t avail_idx;	/* avail entries written */
-	uint16_t published;	/* avail->idx as last published */
-	uint16_t last_used;	/* used entries consumed */
-	unsigned int inflight;
-	unsigned int nfree;
-	uint16_t free[QSIZE];	/* stack of free descriptors */
-	/* Our own copy of the chains: the device cannot corrupt it. */
-	uint16_t next[QSIZE];
-	uint16_t ndesc[QSIZE];	/* descriptors of the chain at a head, or 0 */
-	uint32_t tag[QSIZE];	/* the submitter's tag of a head's request */
-};
-
-struct vmm {
-	int fd;
-	unsigned int nvqs;	/* virtqueues of the device */
-	unsigned int nq;	/* virtqueues set up */
-	bool event_idx;
-	bool indirect;
-	uint64_t features;
-	char *mem[NREGIONS];
-	uint64_t brk[NREGIONS];	/* bump allocator: next free offset */
-	uint64_t end[NREGIONS];	/* and where it stops */
-	struct vq vq[MAX_QUEUES];
-};
-
-/* A completion taken from a used ring. */
-struct used {
-	uint16_t head;
-	uint32_t len;
-	uint32_t tag;
-};
-
-static int64_t now_us(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1000000LL + ts.tv_nsec / 1000;
-}
-
-static int read_max_queues(void)
-{
-	char buf[16] = "";
-	int fd, n;
-
-	fd = open(MAXQ_PARAM, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -1;
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	return n > 0 ? atoi(buf) : -1;
-}
-
-/*
- * Guest-physical to VMM address of [gpa, gpa + len).  The range is the
- * test's own doing, so one outside guest memory is a bug of the test.
- */
-static void *gpa_to_hva(struct vmm *v, uint64_t gpa, uint64_t len)
-{
-	unsigned int i;
-
-	for (i = 0; i < NREGIONS; i++) {
-		if (gpa >= region_gpa[i] && len <= REGION_SIZE &&
-		    gpa - region_gpa[i] <= REGION_SIZE - len)
-			return v->mem[i] + (gpa - region_gpa[i]);
-	}
-	fprintf(stderr, "# GPA %#llx+%llu is not guest memory\n",
-		(unsigned long long)gpa, (unsigned long long)len);
-	abort();
-}
-
-/* VMM address to guest-physical; ~0 when it is not guest memory. */
-static uint64_t hva_to_gpa(struct vmm *v, const void *p)
-{
-	const char *c = p;
-	unsigned int i;
-
-	for (i = 0; i < NREGIONS; i++) {
-		if (c >= v->mem[i] && c < v->mem[i] + REGION_SIZE)
-			return region_gpa[i] + (uint64_t)(c - v->mem[i]);
-	}
-	return ~0ULL;
-}
-
-/* Bump allocator of guest memory; align is a power of two. */
-static uint64_t galloc(struct vmm *v, unsigned int r, uint64_t size,
-		       uint64_t align)
-{
-	uint64_t off = (v->brk[r] + align - 1) & ~(align - 1);
-
-	if (off > v->end[r] || size > v->end[r] - off) {
-		fprintf(stderr, "# guest memory region %u exhausted\n", r);
-		abort();
-	}
-	v->brk[r] = off + size;
-	return region_gpa[r] + off;
-}
-
-static uint8_t *gptr(struct vmm *v, uint64_t gpa)
-{
-	return gpa_to_hva(v, gpa, 1);
-}
-
-static void drain(int efd)
-{
-	uint64_t cnt;
-
-	if (read(efd, &cnt, sizeof(cnt)) < 0 && errno != EAGAIN)
-		fprintf(stderr, "# eventfd read: %s\n", strerror(errno));
-}
-
-/* Opens the device and lays the rings out in fresh guest memory. */
-static void vmm_init(struct __test_metadata *_metadata, struct vmm *v,
-		     bool event_idx, bool indirect)
-{
-	unsigned int i;
-	int nvqs;
-
-	v->fd = open(DEV_PATH, O_RDWR | O_CLOEXEC);
-	ASSERT_LE(0, v->fd) TH_LOG("open %s: %s", DEV_PATH, strerror(errno));
-	nvqs = read_max_queues();
-	ASSERT_LT(0, nvqs);
-	v->nvqs = nvqs;
-	v->nq = v->nvqs < MAX_QUEUES ? v->nvqs : MAX_QUEUES;
-	v->event_idx = event_idx;
-	v->indirect = indirect;
-
-	for (i = 0; i < NREGIONS; i++) {
-		v->mem[i] = mmap(NULL, REGION_SIZE, PROT_READ | PROT_WRITE,
-				 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-		ASSERT_NE(MAP_FAILED, v->mem[i]);
-	}
-	v->brk[0] = 0;
-	v->end[0] = REGION_SIZE - EDGE_SIZE;
-	v->brk[1] = EDGE_SIZE;
-	v->end[1] = REGION_SIZE;
-	ASSERT_EQ(REGION1_GPA + 5,
-		  hva_to_gpa(v, gpa_to_hva(v, REGION1_GPA + 5, 1)));
-
-	/* Rings in region 0, indirect tables in region 1. */
-	for (i = 0; i < MAX_QUEUES; i++) {
-		struct vq *vq = &v->vq[i];
-
-		vq->desc = gpa_to_hva(v, galloc(v, 0, 16 * QSIZE, 4096),
-				      16 * QSIZE);
-		vq->avail = gpa_to_hva(v, galloc(v, 0, 6 + 2 * QSIZE, 4096),
-				       6 + 2 * QSIZE);
-		vq->used = gpa_to_hva(v, galloc(v, 0, 6 + 8 * QSIZE, 4096),
-				      6 + 8 * QSIZE);
-		vq->used_event = (uint16_t *)&vq->avail->ring[QSIZE];
-		vq->avail_event = (uint16_t *)&vq->used->ring[QSIZE];
-		vq->ind_gpa = galloc(v, 1, 16ULL * IND_MAX * QSIZE, 4096);
-		vq->kick = -1;
-		vq->call = -1;
-		vq->err = -1;
-	}
-}
-
-static void vmm_close(struct vmm *v)
-{
-	unsigned int i;
-
-	if (v->fd >= 0)
-		close(v->fd);
-	v->fd = -1;
-	for (i = 0; i < MAX_QUEUES; i++) {
-		if (v->vq[i].kick >= 0)
-			close(v->vq[i].kick);
-		if (v->vq[i].call >= 0)
-			close(v->vq[i].call);
-		if (v->vq[i].err >= 0)
-			close(v->vq[i].err);
-		v->vq[i].kick = -1;
-		v->vq[i].call = -1;
-		v->vq[i].err = -1;
-	}
-	for (i = 0; i < NREGIONS; i++) {
-		if (v->mem[i] && v->mem[i] != MAP_FAILED)
-			munmap(v->mem[i], REGION_SIZE);
-		v->mem[i] = NULL;
-	}
-}
-
-static int vmm_set_backend(struct vmm *v, int fd)
-{
-	return ioctl(v->fd, VHOST_BLK_SET_BACKEND, &fd) ? -errno : 0;
-}
-
-/* An empty ring, fresh eventfds, and the vring ioctls for queue q. */
-static void vq_setup(struct __test_metadata *_metadata, struct vmm *v,
-		     unsigned int q)
-{
-	struct vq *vq = &v->vq[q];
-	struct vhost_vring_state s = { .index = q };
-	struct vhost_vring_addr a = { .index = q };
-	struct vhost_vring_file f = { .index = q };
-	unsigned int i;
-
-	memset(vq->desc, 0, 16 * QSIZE);
-	memset(vq->avail, 0, 6 + 2 * QSIZE);
-	memset(vq->used, 0, 6 + 8 * QSIZE);
-	vq->avail_idx = 0;
-	vq->published = 0;
-	vq->last_used = 0;
-	vq->inflight = 0;
-	vq->nfree = QSIZE;
-	for (i = 0; i < QSIZE; i++) {
-		vq->free[i] = QSIZE - 1 - i;
-		vq->ndesc[i] = 0;
-	}
-
-	if (vq->kick >= 0)
-		close(vq->kick);
-	if (vq->call >= 0)
-		close(vq->call);
-	if (vq->err >= 0)
-		close(vq->err);
-	vq->kick = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	vq->call = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	vq->err = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	ASSERT_LE(0, vq->kick);
-	ASSERT_LE(0, vq->call);
-	ASSERT_LE(0, vq->err);
-
-	s.num = QSIZE;
-	ASSERT_EQ(0, ioctl(v->fd, VHOST_SET_VRING_NUM, &s))
-		TH_LOG("vring %u num: %s", q, strerror(errno));
-	s.num = 0;
-	ASSERT_EQ(0, ioctl(v->fd, VHOST_SET_VRING_BASE, &s))
-		TH_LOG("vring %u base: %s", q, strerror(errno));
-	a.desc_user_addr = (uintptr_t)vq->desc;
-	a.avail_user_addr = (uintptr_t)vq->avail;
-	a.used_user_addr = (uintptr_t)vq->used;
-	ASSERT_EQ(0, ioctl(v->fd, VHOST_SET_VRING_ADDR, &a))
-		TH_LOG("vring %u addr: %s", q, strerror(errno));
-	f.fd = vq->kick;
-	ASSERT_EQ(0, ioctl(v->fd, VHOST_SET_VRING_KICK, &f))
-		TH_LOG("vring %u kick: %s", q, strerror(errno));
-	f.fd = vq->call;
-	ASSERT_EQ(0, ioctl(v->fd, VHOST_SET_VRING_CALL, &f))
-		TH_LOG("vring %u call: %s", q, strerror(errno));
-	f.fd = vq->err;
-	ASSERT_EQ(0, ioctl(v->fd, VHOST_SET_VRING_ERR, &f))
-		TH_LOG("vring %u err: %s", q, strerror(errno));
-}
-
-/* The memory table: the first nregions regions of guest memory. */
-static int vmm_set_mem(struct vmm *v, unsigned int nregions)
-{
-	struct vhost_memory *mem;
-	unsigned int i;
-	int ret;
-
-	mem = calloc(1, sizeof(*mem) + nregions * sizeof(mem->regions[0]));
-	if (!mem)
-		return -ENOMEM;
-	mem->nregions = nregions;
-	for (i = 0; i < nregions; i++) {
-		mem->regions[i].guest_phys_addr = region_gpa[i];
-		mem->regions[i].memory_size = REGION_SIZE;
-		mem->regions[i].userspace_addr = (uintptr_t)v->mem[i];
-	}
-	ret = ioctl(v->fd, VHOST_SET_MEM_TABLE, mem) ? -errno : 0;
-	free(mem);
-	return ret;
-}
-
-/*
- * What a VMM does to start the device: ownership, features, memory map,
- * vrings, and the backend last (the vring setup is refused once a backend
- * is attached).
- */
-static void vmm_start(struct __test_metadata *_metadata, struct vmm *v,
-		      int backend)
-{
-	uint64_t offered = 0, want;
-	unsigned int i;
-	int ret;
-
-	ASSERT_EQ(0, ioctl(v->fd, VHOST_SET_OWNER))
-		TH_LOG("VHOST_SET_OWNER: %s", strerror(errno));
-	ASSERT_EQ(0, ioctl(v->fd, VHOST_GET_FEATURES, &offered));
-	want = (1ULL << VIRTIO_F_VERSION_1) | (offered & blk_features);
-	if (v->event_idx)
-		want |= 1ULL << VIRTIO_RING_F_EVENT_IDX;
-	if (v->indirect)
-		want |= 1ULL << VIRTIO_RING_F_INDIRECT_DESC;
-	ASSERT_EQ(want, want & offered)
-		TH_LOG("device lacks features %#llx",
-		       (unsigned long long)(want & ~offered));
-	ASSERT_EQ(0, ioctl(v->fd, VHOST_SET_FEATURES, &want))
-		TH_LOG("VHOST_SET_FEATURES: %s", strerror(errno));
-	v->features = want;
-
-	ret = vmm_set_mem(v, NREGIONS);
-	ASSERT_EQ(0, ret) TH_LOG("VHOST_SET_MEM_TABLE: %s", strerror(-ret));
-
-	for (i = 0; i < v->nq; i++)
-		vq_setup(_metadata, v, i);
-
-	ret = vmm_set_backend(v, backend);
-	ASSERT_EQ(0, ret) TH_LOG("VHOST_BLK_SET_BACKEND: %s", strerror(-ret));
-}
-
-/* Closes the device and starts a fresh one on the same guest memory. */
-static void vmm_reopen(struct __test_metadata *_metadata, struct vmm *v,
-		       int backend)
-{
-	if (v->fd >= 0)
-		close(v->fd);
-	v->fd = open(DEV_PATH, O_RDWR | O_CLOEXEC);
-	ASSERT_LE(0, v->fd) TH_LOG("open %s: %s", DEV_PATH, strerror(errno));
-	vmm_start(_metadata, v, backend);
-}
-
-static void desc_set(struct vring_desc *d, uint64_t addr, uint32_t len,
-		     uint16_t flags, uint16_t next)
-{
-	d->addr = htole64(addr);
-	d->len = htole32(len);
-	d->flags = htole16(flags);
-	d->next = htole16(next);
-}
-
-/* A free descriptor of the ring; the caller checked there is one. */
-static uint16_t vq_pop_desc(struct vq *vq)
-{
-	return vq->free[--vq->nfree];
-}
-
-/* Makes the chain at head an avail entry (visible once published). */
-static void vq_push(struct vq *vq, uint16_t head, uint16_t ndesc,
-		    uint32_t tag)
-{
-	vq->ndesc[head] = ndesc;
-	vq->tag[head] = tag;
-	vq->avail->ring[vq->avail_idx % QSIZE] = htole16(head);
-	vq->avail_idx++;
-	vq->inflight++;
-}
-
-/*
- * Adds a request made of n segments to queue q: a chain of descriptors, or
- * one descriptor pointing to an indirect table of them.  Returns the head,
- * or -1 when the ring lacks free descriptors.  The device sees the request
- * after vq_kick().
- */
-static int vq_add(struct vmm *v, unsigned int q, const struct seg *s,
-		  unsigned int n, bool indirect, uint32_t tag)
-{
-	struct vq *vq = &v->vq[q];
-	unsigned int i, nd = indirect ? 1 : n;
-	struct vring_desc *tbl;
-	uint16_t id[QSIZE];
-	uint64_t tgpa;
-	bool more;
-
-	if (!n || n > QSIZE || nd > vq->nfree || (indirect && n > IND_MAX))
-		return -1;
-	for (i = 0; i < nd; i++)
-		id[i] = vq_pop_desc(vq);
-
-	if (indirect) {
-		tgpa = vq->ind_gpa + 16ULL * IND_MAX * id[0];
-		tbl = gpa_to_hva(v, tgpa, 16ULL * n);
-		for (i = 0; i < n; i++) {
-			more = i + 1 < n;
-			desc_set(&tbl[i], s[i].gpa, s[i].len,
-				 (s[i].wr ? VRING_DESC_F_WRITE : 0) |
-				 (more ? VRING_DESC_F_NEXT : 0),
-				 more ? i + 1 : 0);
-		}
-		desc_set(&vq->desc[id[0]], tgpa, 16 * n,
-			 VRING_DESC_F_INDIRECT, 0);
-		vq->next[id[0]] = 0;
-	} else {
-		for (i = 0; i < n; i++) {
-			more = i + 1 < n;
-			vq->next[id[i]] = more ? id[i + 1] : 0;
-			desc_set(&vq->desc[id[i]], s[i].gpa, s[i].len,
-				 (s[i].wr ? VRING_DESC_F_WRITE : 0) |
-				 (more ? VRING_DESC_F_NEXT : 0),
-				 vq->next[id[i]]);
-		}
-	}
-	vq_push(vq, id[0], nd, tag);
-	return id[0];
-}
-
-static bool vq_notify(struct vq *vq)
-{
-	uint64_t one = 1;
-
-	return write(vq->kick, &one, sizeof(one)) == sizeof(one);
-}
-
-/*
- * Publishes the avail entries added since the last call and notifies the
- * device unless it suppressed notifications.  Returns whether it kicked.
- */
-static bool vq_kick(struct vmm *v, unsigned int q)
-{
-	struct vq *vq = &v->vq[q];
-	uint16_t old = vq->published, new = vq->avail_idx;
-	bool need;
-
-	if (old == new)
-		return false;
-	/* Descriptors and avail entries before the index. */
-	__atomic_store_n(&vq->avail->idx, htole16(new), __ATOMIC_RELEASE);
-	vq->published = new;
-	/* The index before we look at the device's suppression. */
-	__atomic_thread_fence(__ATOMIC_SEQ_CST);
-	if (v->event_idx) {
-		uint16_t ev = __atomic_load_n(vq->avail_event,
-					      __ATOMIC_RELAXED);
-
-		need = vring_need_event(le16toh(ev), new, old);
-	} else {
-		uint16_t fl = __atomic_load_n(&vq->used->flags,
-					      __ATOMIC_RELAXED);
-
-		need = !(le16toh(fl) & VRING_USED_F_NO_NOTIFY);
-	}
-	return need && vq_notify(vq);
-}
-
-/* Whether the device reported a broken ring within ms; clears it. */
-static bool vq_err_signalled(struct vq *vq, int ms)
-{
-	struct pollfd pfd = { .fd = vq->err, .events = POLLIN };
-
-	if (poll(&pfd, 1, ms) != 1)
-		return false;
-	drain(vq->err);
-	return true;
-}
-
-static uint16_t vq_used_idx(struct vq *vq)
-{
-	return le16toh(__atomic_load_n(&vq->used->idx, __ATOMIC_ACQUIRE));
-}
-
-static bool vq_has_used(struct vq *vq)
-{
-	return vq_used_idx(vq) != vq->last_used;
-}
-
-/*
- * Takes the next used entry of queue q and frees its descriptors.  Returns
- * 1, 0 when there is none, -1 when the device returned a head that is not
- * in flight.
- */
-static int vq_get_used(struct vmm *v, unsigned int q, struct used *u)
-{
-	struct vq *vq = &v->vq[q];
-	struct vring_used_elem *e;
-	uint32_t id;
-	uint16_t d;
-	unsigned int i;
-
-	if (!vq_has_used(vq))
-		return 0;
-	e = &vq->used->ring[vq->last_used % QSIZE];
-	id = le32toh(e->id);
-	if (id >= QSIZE || !vq->ndesc[id])
-		return -1;
-	u->head = id;
-	u->len = le32toh(e->len);
-	u->tag = vq->tag[id];
-	vq->last_used++;
-	for (i = 0, d = id; i < vq->ndesc[id]; i++, d = vq->next[d])
-		vq->free[vq->nfree++] = d;
-	vq->ndesc[id] = 0;
-	vq->inflight--;
-	return 1;
-}
-
-/*
- * Waits until one of the queues in qmask has a used entry (true) or ms
- * milliseconds have passed (false), sleeping on the call eventfds.
- */
-static bool vmm_wait(struct vmm *v, unsigned int qmask, int ms)
-{
-	int64_t deadline = now_us() + ms * 1000LL, left;
-	struct pollfd pfd[MAX_QUEUES];
-	unsigned int q, n;
-
-	for (;;) {
-		n = 0;
-		for (q = 0; q < v->nq; q++) {
-			if (!(qmask & (1u << q)))
-				continue;
-			/* Ask for a notification on the next completion. */
-			if (v->event_idx)
-				__atomic_store_n(v->vq[q].used_event,
-						 htole16(v->vq[q].last_used),
-						 __ATOMIC_RELAXED);
-			pfd[n].fd = v->vq[q].call;
-			pfd[n].events = POLLIN;
-			pfd[n].revents = 0;
-			n++;
-		}
-		/* used_event before the used index: nothing slips by. */
-		__atomic_thread_fence(__ATOMIC_SEQ_CST);
-		for (q = 0; q < v->nq; q++) {
-			if ((qmask & (1u << q)) && vq_has_used(&v->vq[q]))
-				return true;
-		}
-		left = deadline - now_us();
-		if (left <= 0 || !n)
-			return false;
-		if (poll(pfd, n, (left + 999) / 1000) <= 0)
-			continue;
-		for (q = 0; q < n; q++) {
-			if (pfd[q].revents & POLLIN)
-				drain(pfd[q].fd);
-		}
-	}
-}
-
-/*
- * Adds a request to queue q (through an indirect table when negotiated),
- * kicks and waits for its completion; returns the used length.
- */
-static uint32_t run_req(struct __test_metadata *_metadata, struct vmm *v,
-			unsigned int q, const struct seg *s, unsigned int n)
-{
-	struct used u = { 0 };
-	int head;
-
-	head = vq_add(v, q, s, n, v->indirect && n <= IND_MAX, 0);
-	ASSERT_LE(0, head) TH_LOG("no room for %u descriptors", n);
-	vq_kick(v, q);
-	ASSERT_TRUE(vmm_wait(v, 1u << q, WAIT_MS))
-		TH_LOG("queue %u: no completion within %d ms", q, WAIT_MS);
-	ASSERT_EQ(1, vq_get_used(v, q, &u))
-		TH_LOG("queue %u: used entry with a bad head", q);
-	EXPECT_EQ(head, u.head);
-	return u.len;
-}
-
-/* ------------------------------------------------------------------ */
-/* Backing store, data patterns                                         */
-/* ------------------------------------------------------------------ */
-
-struct backend {
-	bool bdev;
-	int fd;		/* O_RDWR, for the device */
-	int rofd;	/* O_RDONLY, for the device */
-	int chk;	/* what the test reads and writes the store through */
-	uint64_t size;
-	bool discard;	/* the store can discard (punch holes) */
-};
-
-static uint64_t mix64(uint64_t x)
-{
-	x ^= x >> 30;
-	x *= 0xbf58476d1ce4e5b9ULL;
-	x ^= x >> 27;
-	x *= 0x94d049bb133111ebULL;
-	return x ^ (x >> 31);
-}
-
-/* Pseudo-random bytes, the same for the same seed. */
-static void fill_rand(void *buf, size_t len, uint64_t seed)
-{
-	uint8_t *p = buf;
-	uint64_t r;
-	size_t i;
-
-	for (i = 0; i < len; i += sizeof(r)) {
-		seed += 0x9e3779b97f4a7c15ULL;
-		r = mix64(seed);
-		memcpy(p + i, &r, len - i < sizeof(r) ? len - i : sizeof(r));
-	}
-}
-
-/* Offset of the first byte that differs, -1 when none does. */
-static long first_diff(const void *a, const void *b, size_t len)
-{
-	const uint8_t *x = a, *y = b;
-	size_t i;
-
-	for (i = 0; i < len; i++) {
-		if (x[i] != y[i])
-			return i;
-	}
-	return -1;
-}
-
-static int full_io(int fd, bool wr, void *buf, size_t len, uint64_t off)
-{
-	char *p = buf;
-	ssize_t n;
-
-	while (len) {
-		n = wr ? pwrite(fd, p, len, off) : pread(fd, p, len, off);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return n < 0 ? -errno : -EIO;
-		p += n;
-		len -= n;
-		off += n;
-	}
-	return 0;
-}
-
-/*
- * Reads or writes the backing store behind the device's back.  A block
- * device goes through O_DIRECT and an aligned bounce buffer, so that
- * neither side sees a stale page cache.
- */
-static int be_io(struct backend *be, bool wr, uint64_t off, void *buf,
-		 size_t len)
-{
-	uint64_t start = off & ~4095ULL;
-	uint64_t end = (off + len + 4095) & ~4095ULL;
-	void *b;
-	int ret;
-
-	if (!be->bdev)
-		return full_io(be->chk, wr, buf, len, off);
-	if (posix_memalign(&b, 4096, end - start))
-		return -ENOMEM;
-	ret = full_io(be->chk, false, b, end - start, start);
-	if (!ret && wr) {
-		memcpy((char *)b + (off - start), buf, len);
-		ret = full_io(be->chk, true, b, end - start, start);
-	} else if (!ret) {
-		memcpy(buf, (char *)b + (off - start), len);
-	}
-	free(b);
-	return ret;
-}
-
-static void be_close(struct backend *be)
-{
-	if (be->fd >= 0)
-		close(be->fd);
-	if (be->rofd >= 0)
-		close(be->rofd);
-	if (be->chk >= 0)
-		close(be->chk);
-	be->fd = -1;
-	be->rofd = -1;
-	be->chk = -1;
-}
-
-/* Whether the queue of a block device (or of its disk) discards. */
-static bool bdev_can_discard(const struct stat *st)
-{
-	static const char * const paths[] = {
-		"/sys/dev/block/%u:%u/queue/discard_max_bytes",
-		"/sys/dev/block/%u:%u/../queue/discard_max_bytes",
-	};
-	char path[128], buf[32] = "";
-	unsigned int i;
-	int fd, n;
-
-	for (i = 0; i < ARRAY_SIZE(paths); i++) {
-		snprintf(path, sizeof(path), paths[i], major(st->st_rdev),
-			 minor(st->st_rdev));
-		fd = open(path, O_RDONLY | O_CLOEXEC);
-		if (fd < 0)
-			continue;
-		n = read(fd, buf, sizeof(buf) - 1);
-		close(fd);
-		return n > 0 && strtoull(buf, NULL, 10) > 0;
-	}
-	return false;
-}
-
-/*
- * The block device named by VBP_TEST_BDEV, or a new sparse file in
- * VBP_TEST_DIR that is unlinked at once (nothing is left behind).
- */
-static void be_open(struct __test_metadata *_metadata, struct backend *be,
-		    bool bdev)
-{
-	char path[PATH_MAX];
-	const char *dir;
-	struct stat st;
-
-	be->bdev = bdev;
-	if (bdev) {
-		snprintf(path, sizeof(path), "%s", getenv("VBP_TEST_BDEV"));
-		ASSERT_EQ(0, stat(path, &st))
-			TH_LOG("%s: %s", path, strerror(errno));
-		ASSERT_TRUE(S_ISBLK(st.st_mode))
-			TH_LOG("%s is not a block device", path);
-		be->fd = open(path, O_RDWR | O_CLOEXEC);
-		ASSERT_LE(0, be->fd) TH_LOG("%s: %s", path, strerror(errno));
-		be->rofd = open(path, O_RDONLY | O_CLOEXEC);
-		ASSERT_LE(0, be->rofd);
-		be->chk = open(path, O_RDWR | O_DIRECT | O_CLOEXEC);
-		ASSERT_LE(0, be->chk);
-		ASSERT_EQ(0, ioctl(be->fd, BLKGETSIZE64, &be->size));
-		be->discard = bdev_can_discard(&st);
-		if (be->size < MIN_BDEV_SIZE)
-			SKIP(return, "VBP_TEST_BDEV: smaller than %llu MiB",
-			     MIN_BDEV_SIZE >> 20);
-		return;
-	}
-
-	dir = getenv("VBP_TEST_DIR");
-	snprintf(path, sizeof(path), "%s/vhost_blk_vmm.XXXXXX",
-		 dir && *dir ? dir : "/tmp");
-	be->fd = mkostemp(path, O_CLOEXEC);
-	ASSERT_LE(0, be->fd) TH_LOG("%s: %s", path, strerror(errno));
-	be->rofd = open(path, O_RDONLY | O_CLOEXEC);
-	be->chk = open(path, O_RDWR | O_CLOEXEC);
-	unlink(path);
-	ASSERT_LE(0, be->rofd);
-	ASSERT_LE(0, be->chk);
-	ASSERT_EQ(0, ftruncate(be->fd, FILE_SIZE));
-	be->size = FILE_SIZE;
-	/* A hole in a hole: whether the file system can punch one. */
-	be->discard = !fallocate(be->chk,
-				 FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-				 FILE_SIZE - 4096, 4096);
-}
-
-/* ------------------------------------------------------------------ */
-/* The fixture and virtio-blk requests                                  */
-/* ------------------------------------------------------------------ */
-
-/* What a test works with. */
-struct ctx {
-	struct vmm v;
-	struct backend be;
-	uint64_t cap;		/* capacity in sectors */
-	uint64_t hdr;		/* scratch header */
-	uint64_t st;		/* scratch status byte */
-	uint64_t dz;		/* scratch discard/write-zeroes ranges */
-	uint64_t rd;		/* scratch read buffer, RD_MAX bytes */
-	uint64_t alive;		/* 4 KiB for check_alive() */
-	uint64_t seed;
-};
 
 FIXTURE(vmm) {
 	struct ctx c;
@@ -914,10 +102,7 @@ FIXTURE_SETUP(vmm)
 	struct ctx *c = &self->c;
 	struct vmm *v = &c->v;
 
-	v->fd = -1;
-	c->be.fd = -1;
-	c->be.rofd = -1;
-	c->be.chk = -1;
+	ctx_init(c);
 	if (variant->bdev && !getenv("VBP_TEST_BDEV"))
 		SKIP(return, "VBP_TEST_BDEV names no block device");
 	be_open(_metadata, &c->be, variant->bdev);
@@ -926,13 +111,11 @@ FIXTURE_SETUP(vmm)
 	c->cap = c->be.size / SECTOR;
 	c->seed = mix64(now_us() ^ ((uint64_t)getpid() << 32));
 
-	vmm_init(_metadata, v, variant->event_idx, variant->indirect);
-	c->hdr = galloc(v, 0, HDR_SIZE, 64);
-	c->st = galloc(v, 0, 1, 64);
-	c->dz = galloc(v, 0, 4096, 4096);
-	c->rd = galloc(v, 1, RD_MAX, 4096);
-	c->alive = galloc(v, 0, 4096, 4096);
-	vmm_start(_metadata, v, c->be.fd);
+	ASSERT_OK(vmm_init(v, variant->event_idx, variant->indirect));
+	ASSERT_EQ(REGION1_GPA + 5,
+		  hva_to_gpa(v, gpa_to_hva(v, REGION1_GPA + 5, 1)));
+	ctx_scratch(c);
+	ASSERT_OK(vmm_start(v, c->be.fd));
 }
 
 FIXTURE_TEARDOWN(vmm)
@@ -941,197 +124,6 @@ FIXTURE_TEARDOWN(vmm)
 
 	vmm_close(&c->v);
 	be_close(&c->be);
-}
-
-static uint64_t next_seed(struct ctx *c)
-{
-	return mix64(++c->seed);
-}
-
-static void set_hdr(struct vmm *v, uint64_t gpa, uint32_t type,
-		    uint64_t sector)
-{
-	struct virtio_blk_outhdr h = {
-		.type = htole32(type),
-		.ioprio = 0,
-		.sector = htole64(sector),
-	};
-
-	memcpy(gpa_to_hva(v, gpa, sizeof(h)), &h, sizeof(h));
-}
-
-/*
- * One synchronous request on queue q: the 16-byte header, the data
- * segments, the status byte.  Returns the status; *len gets the used
- * length.
- */
-static uint8_t blk_req(struct __test_metadata *_metadata,
-		       struct ctx *c, unsigned int q, uint32_t type,
-		       uint64_t sector, const struct seg *data,
-		       unsigned int ndata, uint32_t *len)
-{
-	struct vmm *v = &c->v;
-	struct seg s[MAX_DATA + 2];
-	uint32_t l;
-
-	ASSERT_GE(MAX_DATA, ndata);
-	s[0] = (struct seg){ c->hdr, HDR_SIZE, false };
-	if (ndata)
-		memcpy(&s[1], data, ndata * sizeof(*data));
-	s[ndata + 1] = (struct seg){ c->st, 1, true };
-	set_hdr(v, c->hdr, type, sector);
-	*gptr(v, c->st) = 0xff;
-	l = run_req(_metadata, v, q, s, ndata + 2);
-	if (len)
-		*len = l;
-	return *gptr(v, c->st);
-}
-
-/*
- * Cuts [gpa, gpa + len) into n segments whose sizes are multiples of the
- * sector (the last takes the rest).  Returns the number of segments.
- */
-static unsigned int split(struct seg *s, uint64_t gpa, uint32_t len,
-			  unsigned int n, bool wr)
-{
-	uint32_t part = len / n / SECTOR * SECTOR;
-	unsigned int i;
-
-	if (!part) {
-		part = len;
-		n = 1;
-	}
-	for (i = 0; i < n; i++) {
-		s[i].gpa = gpa + (uint64_t)i * part;
-		s[i].len = i + 1 < n ? part : len - (n - 1) * part;
-		s[i].wr = wr;
-	}
-	return n;
-}
-
-/* T_IN or T_OUT of len bytes at gpa, the data cut in nparts segments. */
-static uint8_t blk_rw(struct __test_metadata *_metadata,
-		      struct ctx *c, uint32_t type, uint64_t sector,
-		      uint64_t gpa, uint32_t len, unsigned int nparts,
-		      uint32_t *used_len)
-{
-	struct seg d[MAX_DATA];
-	unsigned int n;
-
-	n = split(d, gpa, len, nparts, type == VIRTIO_BLK_T_IN);
-	return blk_req(_metadata, c, 0, type, sector, d, n, used_len);
-}
-
-/* A discard or write-zeroes request of nr ranges. */
-static uint8_t blk_dwz(struct __test_metadata *_metadata,
-		       struct ctx *c, uint32_t type,
-		       const uint64_t *sector, const uint32_t *num,
-		       const uint32_t *flags, unsigned int nr)
-{
-	struct virtio_blk_discard_write_zeroes *r;
-	struct seg d;
-	unsigned int i;
-	uint32_t len;
-	uint8_t st;
-
-	r = gpa_to_hva(&c->v, c->dz, nr * sizeof(*r));
-	for (i = 0; i < nr; i++) {
-		r[i].sector = htole64(sector[i]);
-		r[i].num_sectors = htole32(num[i]);
-		r[i].flags = htole32(flags[i]);
-	}
-	d = (struct seg){ c->dz, nr * sizeof(*r), false };
-	st = blk_req(_metadata, c, 0, type, 0, &d, 1, &len);
-	if (st == VIRTIO_BLK_S_OK)
-		EXPECT_EQ(1, len);
-	return st;
-}
-
-static void store_write(struct __test_metadata *_metadata,
-			struct ctx *c, uint64_t sector,
-			void *buf, size_t len)
-{
-	int ret = be_io(&c->be, true, sector * SECTOR, buf, len);
-
-	ASSERT_EQ(0, ret) TH_LOG("backing store write: %s", strerror(-ret));
-}
-
-/* The backing store holds expect at sector. */
-static void check_store(struct __test_metadata *_metadata,
-			struct ctx *c, uint64_t sector,
-			const void *expect, size_t len)
-{
-	void *got = malloc(len);
-	long off = -2;
-	int ret;
-
-	ASSERT_NE(NULL, got);
-	ret = be_io(&c->be, false, sector * SECTOR, got, len);
-	if (!ret)
-		off = first_diff(expect, got, len);
-	free(got);
-	ASSERT_EQ(0, ret) TH_LOG("backing store read: %s", strerror(-ret));
-	ASSERT_EQ(-1, off)
-		TH_LOG("backing store differs at sector %llu byte %ld",
-		       (unsigned long long)sector, off);
-}
-
-/* The device reads expect at sector (T_IN into two segments). */
-static void check_dev(struct __test_metadata *_metadata,
-		      struct ctx *c, uint64_t sector,
-		      const void *expect, uint32_t len)
-{
-	uint32_t ulen = 0;
-	uint8_t st;
-	long off;
-
-	ASSERT_GE(RD_MAX, len);
-	memset(gpa_to_hva(&c->v, c->rd, len), 0xa5, len);
-	st = blk_rw(_metadata, c, VIRTIO_BLK_T_IN, sector, c->rd, len,
-		    2, &ulen);
-	ASSERT_EQ(VIRTIO_BLK_S_OK, st);
-	EXPECT_EQ(len + 1, ulen);
-	off = first_diff(expect, gpa_to_hva(&c->v, c->rd, len), len);
-	ASSERT_EQ(-1, off)
-		TH_LOG("device read differs at sector %llu byte %ld",
-		       (unsigned long long)sector, off);
-}
-
-static void check_both(struct __test_metadata *_metadata,
-		       struct ctx *c, uint64_t sector,
-		       const void *expect, uint32_t len)
-{
-	check_store(_metadata, c, sector, expect, len);
-	check_dev(_metadata, c, sector, expect, len);
-}
-
-/* A write and a read of fresh data through the device, both verified. */
-static void check_alive(struct __test_metadata *_metadata,
-			struct ctx *c)
-{
-	uint64_t buf = c->alive;
-	uint8_t expect[4096];
-	uint32_t len = 0;
-	uint8_t st;
-
-	fill_rand(expect, sizeof(expect), next_seed(c));
-	memcpy(gpa_to_hva(&c->v, buf, sizeof(expect)), expect,
-	       sizeof(expect));
-	st = blk_rw(_metadata, c, VIRTIO_BLK_T_OUT, ALIVE_SECTOR, buf,
-		    sizeof(expect), 3, &len);
-	ASSERT_EQ(VIRTIO_BLK_S_OK, st) TH_LOG("device not working");
-	EXPECT_EQ(1, len);
-	check_both(_metadata, c, ALIVE_SECTOR, expect, sizeof(expect));
-}
-
-/* VHOST_RESET_OWNER, a complete new setup, and a request that works. */
-static void reset_and_check(struct __test_metadata *_metadata,
-			    struct ctx *c)
-{
-	ASSERT_EQ(0, ioctl(c->v.fd, VHOST_RESET_OWNER))
-		TH_LOG("VHOST_RESET_OWNER: %s", strerror(errno));
-	vmm_start(_metadata, &c->v, c->be.fd);
-	check_alive(_metadata, c);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1980,7 +972,7 @@ TEST_F(vmm, read_only_backend)
 
 	fill_rand(expect, sizeof(expect), next_seed(c));
 	store_write(_metadata, c, DZ_SECTOR, expect, sizeof(expect));
-	vmm_reopen(_metadata, v, c->be.rofd);
+	ASSERT_OK(vmm_reopen(v, c->be.rofd));
 
 	check_dev(_metadata, c, DZ_SECTOR, expect, sizeof(expect));
 	gbuf = galloc(v, 0, sizeof(junk), 4096);
@@ -2505,7 +1497,7 @@ TEST_F_TIMEOUT(vmm, close_in_flight, 60)
 		EXPECT_EQ(idx[q], vq_used_idx(&v->vq[q]))
 			TH_LOG("queue %u: used ring written after close", q);
 
-	vmm_reopen(_metadata, v, c->be.fd);
+	ASSERT_OK(vmm_reopen(v, c->be.fd));
 	check_alive(_metadata, c);
 }
 
@@ -2702,14 +1694,6 @@ TEST_F(vmm, dirty_log)
 	free(bitmap);
 }
 
-/* The poll budget of ring q, in microseconds (0: notifications only). */
-static int set_poll_us(struct vmm *v, unsigned int q, unsigned int us)
-{
-	struct vhost_vring_state s = { .index = q, .num = us };
-
-	return ioctl(v->fd, VHOST_SET_VRING_BUSYLOOP_TIMEOUT, &s);
-}
-
 /*
  * What the device writes where the request fails or writes less than its
  * buffers hold is logged too: the status byte (the last writable byte,
@@ -2787,7 +1771,7 @@ TEST_F(vmm, dirty_log_in_flight)
 	size_t size;
 
 	/* Unpolled: the requests wait for their completions. */
-	ASSERT_EQ(0, set_poll_us(v, 0, 0));
+	ASSERT_EQ(0, vmm_set_poll_us(v, 0, 0));
 	hdrs = galloc(v, 0, HDR_SIZE * N, 64);
 	sts = galloc(v, 1, 4096ULL * N, 4096);
 	data = galloc(v, 1, (uint64_t)LEN * N, 4096);
@@ -3258,7 +2242,7 @@ TEST_F_TIMEOUT(vmm, backend_timeouts, 300)
 	expect = calloc(FI_REQS, sizeof(*expect));
 	ASSERT_NE(NULL, expect);
 	for (q = 0; q < c->v.nq; q++)
-		ASSERT_EQ(0, set_poll_us(&c->v, q, 0));
+		ASSERT_EQ(0, vmm_set_poll_us(&c->v, q, 0));
 	xreq_alloc(&c->v, r, FI_REQS, 4096);
 	fault_arm(_metadata, dir, 100, LOST);
 	fi_writes(_metadata, c, r, expect);
@@ -3307,7 +2291,7 @@ TEST_F_TIMEOUT(vmm, backend_requeues, 300)
 	xreq_alloc(&c->v, r, FI_REQS, 4096);
 	for (mode = 0; mode < 2; mode++) {
 		for (q = 0; q < c->v.nq; q++)
-			ASSERT_EQ(0, set_poll_us(&c->v, q, mode ? 100000 : 0));
+			ASSERT_EQ(0, vmm_set_poll_us(&c->v, q, mode ? 100000 : 0));
 		fault_arm(_metadata, dir, 50, TIMES);
 		fi_writes(_metadata, c, r, expect);
 		for (i = 0; i < FI_REQS; i++) {
@@ -3441,7 +2425,7 @@ TEST_F_TIMEOUT(vmm, queue_freeze_while_polling, 300)
 		 bdev);
 	if (access(f.path, W_OK))
 		SKIP(return, "%s has no writable read_ahead_kb", bdev);
-	ASSERT_EQ(0, set_poll_us(v, 0, 100000));
+	ASSERT_EQ(0, vmm_set_poll_us(v, 0, 100000));
 	xreq_alloc(v, r, N, 4096);
 	ASSERT_EQ(0, pthread_create(&th, NULL, freezer_run, &f));
 	do {
@@ -3486,8 +2470,8 @@ static void dur_child(struct __test_metadata *_metadata, struct ctx *c,
 
 	/* A VMM of its own: the parent's device belongs to the parent. */
 	memset(v, 0, sizeof(*v));
-	vmm_init(_metadata, v, false, true);
-	vmm_start(_metadata, v, c->be.fd);
+	ASSERT_OK(vmm_init(v, false, true));
+	ASSERT_OK(vmm_start(v, c->be.fd));
 	xreq_alloc(v, r, DUR_PIECES, DUR_LEN);
 	xreq_alloc(v, &fl, 1, SECTOR);
 	for (round = 0; round < DUR_ROUNDS; round++) {
@@ -3660,80 +2644,6 @@ TEST_F(vmm, backend_replaced_while_stopped)
 /* Polling workers, pinning, counters                                   */
 /* ------------------------------------------------------------------ */
 
-#define STATS_DIR	"/sys/kernel/debug/vhost_blk_poll"
-
-/* One vring's line of the device's debugfs statistics. */
-struct vq_stats {
-	unsigned long long requests, kicks, signals, busy, idle, batches;
-	int inflight;
-	unsigned int poll_us;
-	int cpu;
-	unsigned long long polled;
-};
-
-/* The statistics of vring q of this process's newest device. */
-static int read_stats(unsigned int q, struct vq_stats *st)
-{
-	char path[PATH_MAX], line[256], prefix[32];
-	unsigned int best = 0, id, i;
-	struct dirent *d;
-	int ret = -1;
-	DIR *dir;
-	FILE *f;
-
-	snprintf(prefix, sizeof(prefix), "%d-", getpid());
-	dir = opendir(STATS_DIR);
-	if (!dir)
-		return -1;
-	while ((d = readdir(dir))) {
-		if (strncmp(d->d_name, prefix, strlen(prefix)))
-			continue;
-		id = strtoul(d->d_name + strlen(prefix), NULL, 10);
-		if (id > best)
-			best = id;
-	}
-	closedir(dir);
-	if (!best)
-		return -1;
-	snprintf(path, sizeof(path), STATS_DIR "/%s%u/stats", prefix, best);
-	f = fopen(path, "r");
-	if (!f)
-		return -1;
-	while (fgets(line, sizeof(line), f)) {
-		if (sscanf(line, "%u %llu %llu %llu %llu %llu %llu %d %u %d %llu",
-			   &i, &st->requests, &st->kicks, &st->signals,
-			   &st->busy, &st->idle, &st->batches, &st->inflight,
-			   &st->poll_us, &st->cpu, &st->polled) == 11 &&
-		    i == q) {
-			ret = 0;
-			break;
-		}
-	}
-	fclose(f);
-	return ret;
-}
-
-/* Makes the new avail entries visible, without notifying the device. */
-static void vq_publish(struct vq *vq)
-{
-	__atomic_store_n(&vq->avail->idx, htole16(vq->avail_idx),
-			 __ATOMIC_RELEASE);
-	vq->published = vq->avail_idx;
-}
-
-/* Waits up to ms for a used entry by watching the ring alone. */
-static bool vq_spin(struct vq *vq, int ms)
-{
-	int64_t deadline = now_us() + ms * 1000LL;
-
-	while (!vq_has_used(vq)) {
-		if (now_us() > deadline)
-			return false;
-		usleep(50);
-	}
-	return true;
-}
-
 /* A 4 KiB write of queue q at sector, added and published but not kicked. */
 static int add_write(struct ctx *c, unsigned int q, uint64_t sector,
 		     uint64_t data)
@@ -3772,8 +2682,9 @@ TEST_F(vmm, polling_serves_without_kicks)
 	 * A budget far longer than the gap between two requests, even on a
 	 * loaded machine under software emulation.
 	 */
-	ASSERT_EQ(0, set_poll_us(v, 0, 1500000));
-	ASSERT_EQ(0, read_stats(0, &st0)) TH_LOG("no statistics in debugfs");
+	ASSERT_EQ(0, vmm_set_poll_us(v, 0, 1500000));
+	ASSERT_EQ(0, vmm_read_stats(v, 0, &st0))
+		TH_LOG("no statistics in debugfs");
 	EXPECT_EQ(1500000, st0.poll_us);
 
 	ASSERT_LE(0, add_write(c, 0, 300, data));
@@ -3793,7 +2704,7 @@ TEST_F(vmm, polling_serves_without_kicks)
 		ASSERT_EQ(1, vq_get_used(v, 0, &u));
 		EXPECT_EQ(VIRTIO_BLK_S_OK, *gptr(v, c->st));
 	}
-	ASSERT_EQ(0, read_stats(0, &st1));
+	ASSERT_EQ(0, vmm_read_stats(v, 0, &st1));
 	EXPECT_EQ(1, st1.kicks - st0.kicks);
 	EXPECT_EQ(51, st1.requests - st0.requests);
 	EXPECT_LT(0, st1.busy - st0.busy);
@@ -3853,7 +2764,7 @@ TEST_F(vmm, polled_load_no_notifications)
 
 	data = galloc(v, 1, 4096, 4096);
 	fill_rand(gpa_to_hva(v, data, 4096), 4096, next_seed(c));
-	ASSERT_EQ(0, set_poll_us(v, 0, 1500000));
+	ASSERT_EQ(0, vmm_set_poll_us(v, 0, 1500000));
 	/* No interrupts: the flag, or a used_event the ring never passes. */
 	if (v->event_idx)
 		__atomic_store_n(vq->used_event, htole16(vq->last_used - 1),
@@ -3864,7 +2775,7 @@ TEST_F(vmm, polled_load_no_notifications)
 	ASSERT_TRUE(vq_kick(v, 0));
 	ASSERT_TRUE(vq_spin(vq, WAIT_MS));
 	ASSERT_EQ(1, vq_get_used(v, 0, &u));
-	ASSERT_EQ(0, read_stats(0, &st0));
+	ASSERT_EQ(0, vmm_read_stats(v, 0, &st0));
 
 	/* The same write 256 times: header and status are shared. */
 	set_hdr(v, c->hdr, VIRTIO_BLK_T_OUT, 700);
@@ -3885,7 +2796,7 @@ TEST_F(vmm, polled_load_no_notifications)
 			ASSERT_EQ(1, vq_get_used(v, 0, &u));
 		}
 	}
-	ASSERT_EQ(0, read_stats(0, &st1));
+	ASSERT_EQ(0, vmm_read_stats(v, 0, &st1));
 	EXPECT_EQ(256, st1.requests - st0.requests);
 	EXPECT_EQ(0, st1.kicks - st0.kicks);
 	EXPECT_EQ(0, st1.signals - st0.signals);
@@ -3932,8 +2843,8 @@ TEST_F(vmm, polled_completions)
 	}
 	data = galloc(v, 1, 4096, 4096);
 	for (mode = 0; mode < 2; mode++) {
-		ASSERT_EQ(0, set_poll_us(v, 0, mode ? 100000 : 0));
-		ASSERT_EQ(0, read_stats(0, &st0));
+		ASSERT_EQ(0, vmm_set_poll_us(v, 0, mode ? 100000 : 0));
+		ASSERT_EQ(0, vmm_read_stats(v, 0, &st0));
 		for (i = 0; i < 50; i++) {
 			fill_rand(expect, sizeof(expect), next_seed(c));
 			memcpy(gpa_to_hva(v, data, 4096), expect, 4096);
@@ -3944,7 +2855,7 @@ TEST_F(vmm, polled_completions)
 			check_dev(_metadata, c, 800 + 8 * (i % 16), expect,
 				  4096);
 		}
-		ASSERT_EQ(0, read_stats(0, &st1));
+		ASSERT_EQ(0, vmm_read_stats(v, 0, &st1));
 		n = st1.polled - st0.polled;
 		TH_LOG("%s, %s: %llu of 100 completions polled", bdev,
 		       mode ? "polling ring" : "notification mode", n);
@@ -3977,7 +2888,7 @@ TEST_F(vmm, polled_beside_buffered)
 
 	if (!c->be.bdev)
 		SKIP(return, "needs a block device");
-	ASSERT_EQ(0, set_poll_us(v, 0, 100000));
+	ASSERT_EQ(0, vmm_set_poll_us(v, 0, 100000));
 	xreq_alloc(v, r, 3, 4096);
 	/* The second buffer of each batch is one byte off alignment. */
 	r[1].data = galloc(v, 1, 4096 + 1, 4096) + 1;
@@ -4032,7 +2943,7 @@ TEST_F(vmm, no_budget_needs_kicks)
 	struct used u;
 
 	data = galloc(v, 1, 4096, 4096);
-	ASSERT_EQ(0, set_poll_us(v, 0, 0));
+	ASSERT_EQ(0, vmm_set_poll_us(v, 0, 0));
 	check_alive(_metadata, c);
 	/*
 	 * The pass that answers the last request may look at the ring once
@@ -4048,19 +2959,19 @@ TEST_F(vmm, no_budget_needs_kicks)
 }
 
 /* Kicks the module counted on vring 0 of this process's device. */
-static unsigned long long st_kicks(void)
+static unsigned long long st_kicks(struct vmm *v)
 {
 	struct vq_stats st;
 
-	return read_stats(0, &st) ? 0 : st.kicks;
+	return vmm_read_stats(v, 0, &st) ? 0 : st.kicks;
 }
 
 /* Waits up to ms for the module to count n kicks on vring 0. */
-static bool kicks_counted(unsigned long long n, int ms)
+static bool kicks_counted(struct vmm *v, unsigned long long n, int ms)
 {
 	int64_t deadline = now_us() + ms * 1000LL;
 
-	while (st_kicks() < n) {
+	while (st_kicks(v) < n) {
 		if (now_us() > deadline)
 			return false;
 		usleep(100);
@@ -4087,11 +2998,11 @@ TEST_F(vmm, counters_match_the_guest)
 	struct used u;
 
 	data = galloc(v, 1, 4096, 4096);
-	ASSERT_EQ(0, set_poll_us(v, 0, 0));
+	ASSERT_EQ(0, vmm_set_poll_us(v, 0, 0));
 	check_alive(_metadata, c);
 	usleep(100000);
 	drain(vq->call);
-	ASSERT_EQ(0, read_stats(0, &st0));
+	ASSERT_EQ(0, vmm_read_stats(v, 0, &st0));
 	for (i = 0; i < 20; i++) {
 		if (v->event_idx)
 			__atomic_store_n(vq->used_event,
@@ -4100,19 +3011,19 @@ TEST_F(vmm, counters_match_the_guest)
 		kicks += vq_kick(v, 0);
 		ASSERT_TRUE(vq_spin(vq, WAIT_MS));
 		ASSERT_EQ(1, vq_get_used(v, 0, &u));
-		ASSERT_TRUE(kicks_counted(st0.kicks + kicks, WAIT_MS))
+		ASSERT_TRUE(kicks_counted(v, st0.kicks + kicks, WAIT_MS))
 			TH_LOG("request %u: the module counted %llu of %u kicks",
-			       i, st_kicks() - st0.kicks, kicks);
+			       i, st_kicks(v) - st0.kicks, kicks);
 	}
 	/* The interrupt follows the used entry: wait for the last one. */
 	for (i = 0; i < WAIT_MS / 10; i++) {
-		ASSERT_EQ(0, read_stats(0, &st1));
+		ASSERT_EQ(0, vmm_read_stats(v, 0, &st1));
 		if (st1.signals - st0.signals >= 20)
 			break;
 		usleep(10000);
 	}
 	ASSERT_EQ(sizeof(calls), read(vq->call, &calls, sizeof(calls)));
-	ASSERT_EQ(0, read_stats(0, &st1));
+	ASSERT_EQ(0, vmm_read_stats(v, 0, &st1));
 	EXPECT_EQ(20, st1.requests - st0.requests);
 	EXPECT_EQ(kicks, st1.kicks - st0.kicks);
 	EXPECT_EQ(calls, st1.signals - st0.signals);
@@ -4173,7 +3084,7 @@ TEST_F(vmm, pin_worker)
 		pinned += masks[i] == 1UL << cpu;
 	EXPECT_EQ(1, pinned);
 	check_alive(_metadata, c);
-	ASSERT_EQ(0, read_stats(0, &(struct vq_stats){ 0 }));
+	ASSERT_EQ(0, vmm_read_stats(v, 0, &(struct vq_stats){ 0 }));
 
 	s.num = -1;
 	ASSERT_EQ(0, ioctl(v->fd, VHOST_BLK_SET_VRING_CPU, &s));
@@ -4342,1390 +3253,6 @@ TEST_F(vmm, pinned_io_lands_on_cpu_hctx)
 	write_str(TRACING "/options/record-cmd", "1");
 	s.num = -1;
 	EXPECT_EQ(0, ioctl(v->fd, VHOST_BLK_SET_VRING_CPU, &s));
-}
-
-/* ------------------------------------------------------------------ */
-/* The host-side benchmark (make bench-host): measures, asserts nothing */
-/* ------------------------------------------------------------------ */
-
-#define BENCH_MAX_LAT	(1024 * 1024)	/* latencies kept per queue */
-
-struct bench_q {
-	struct vmm *v;
-	unsigned int q;
-	unsigned int qd;
-	bool write;
-	bool poll;		/* the guest polls and wants no interrupts */
-	int64_t end_us;
-	uint64_t hdrs, sts, data;
-	uint64_t nblocks;	/* 4 KiB blocks of the device */
-	uint64_t seed;
-	int64_t start_ns[QSIZE];
-	/* Results. */
-	uint64_t done;
-	uint64_t kicks;
-	uint64_t calls;
-	uint64_t *lat;		/* ns */
-	size_t nlat;
-	int err;
-};
-
-static int64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
-static void bench_submit(struct bench_q *b, unsigned int slot)
-{
-	struct vmm *v = b->v;
-	uint64_t sector;
-	struct seg sg[3] = {
-		{ b->hdrs + HDR_SIZE * slot, HDR_SIZE, false },
-		{ b->data + 4096ULL * slot, 4096, !b->write },
-		{ b->sts + slot, 1, true },
-	};
-
-	b->seed = mix64(b->seed);
-	sector = (b->seed % b->nblocks) * 8;
-	set_hdr(v, sg[0].gpa, b->write ? VIRTIO_BLK_T_OUT : VIRTIO_BLK_T_IN,
-		sector);
-	b->start_ns[slot] = now_ns();
-	if (vq_add(v, b->q, sg, 3, false, slot) < 0)
-		b->err = ENOSPC;
-}
-
-static void *bench_queue(void *arg)
-{
-	struct bench_q *b = arg;
-	struct vmm *v = b->v;
-	struct vq *vq = &v->vq[b->q];
-	struct pollfd pfd = { .fd = vq->call, .events = POLLIN };
-	unsigned int i, got;
-	uint64_t cnt;
-	struct used u;
-
-	for (i = 0; i < b->qd; i++)
-		bench_submit(b, i);
-	b->kicks += vq_kick(v, b->q);
-	while (!b->err && now_us() < b->end_us) {
-		got = 0;
-		while (vq_get_used(v, b->q, &u) == 1) {
-			if (*gptr(v, b->sts + u.tag) != VIRTIO_BLK_S_OK)
-				b->err = EIO;
-			if (b->nlat < BENCH_MAX_LAT)
-				b->lat[b->nlat++] = now_ns() -
-						    b->start_ns[u.tag];
-			b->done++;
-			bench_submit(b, u.tag);
-			got++;
-		}
-		if (got) {
-			b->kicks += vq_kick(v, b->q);
-			continue;
-		}
-		if (b->poll)
-			continue;
-		/* Ask for an interrupt and sleep on it. */
-		__atomic_thread_fence(__ATOMIC_SEQ_CST);
-		if (vq_has_used(vq))
-			continue;
-		if (poll(&pfd, 1, 10) == 1 &&
-		    read(vq->call, &cnt, sizeof(cnt)) == sizeof(cnt))
-			b->calls += cnt;
-	}
-	/* Interrupts the device sent that nobody waited for. */
-	if (read(vq->call, &cnt, sizeof(cnt)) == sizeof(cnt))
-		b->calls += cnt;
-	return NULL;
-}
-
-static int cmp_u64(const void *a, const void *b)
-{
-	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-
-	return x < y ? -1 : x > y;
-}
-
-static unsigned int bench_env(const char *name, unsigned int def)
-{
-	const char *s = getenv(name);
-
-	return s && *s ? strtoul(s, NULL, 0) : def;
-}
-
-FIXTURE(bench) {
-	struct ctx c;
-};
-
-FIXTURE_SETUP(bench)
-{
-	self->c.v.fd = -1;
-	self->c.be.fd = -1;
-	self->c.be.rofd = -1;
-	self->c.be.chk = -1;
-}
-
-FIXTURE_TEARDOWN(bench)
-{
-	vmm_close(&self->c.v);
-	be_close(&self->c.be);
-}
-
-/*
- * One benchmark run, set by the environment (tools/testing/selftests/
- * vhost_blk/bench_host.sh): VBP_BENCH_MODE poll (the guest polls and asks
- * for no interrupts, the vrings poll for VBP_BENCH_POLL_US) or notify
- * (kicks, interrupts, no polling); VBP_BENCH_RW randread or randwrite;
- * VBP_BENCH_QD, VBP_BENCH_QUEUES, VBP_BENCH_SECONDS.  It appends a JSON
- * object to VBP_BENCH_OUT.
- */
-TEST_F_TIMEOUT(bench, run, 600)
-{
-	struct ctx *c = &self->c;
-	struct vmm *v = &c->v;
-	const char *out = getenv("VBP_BENCH_OUT");
-	const char *mode = getenv("VBP_BENCH_MODE");
-	const char *rw = getenv("VBP_BENCH_RW");
-	unsigned int qd = bench_env("VBP_BENCH_QD", 1);
-	unsigned int nq = bench_env("VBP_BENCH_QUEUES", 1);
-	unsigned int secs = bench_env("VBP_BENCH_SECONDS", 5);
-	unsigned int poll_us = bench_env("VBP_BENCH_POLL_US", 100);
-	struct bench_q b[MAX_QUEUES] = { 0 };
-	struct vq_stats st0[MAX_QUEUES], st1[MAX_QUEUES];
-	unsigned long long mk = 0, ms = 0;
-	uint64_t done = 0, kicks = 0, calls = 0, sum = 0, *all;
-	pthread_t th[MAX_QUEUES];
-	size_t nlat = 0, k;
-	bool poll_mode;
-	int64_t t0, t1;
-	unsigned int q;
-	FILE *f;
-
-	if (!out || !mode || !rw || !getenv("VBP_TEST_BDEV"))
-		SKIP(return, "a benchmark: run by make bench-host");
-	poll_mode = !strcmp(mode, "poll");
-	be_open(_metadata, &c->be, true);
-	vmm_init(_metadata, v, false, false);
-	ASSERT_LE(nq, v->nq);
-	ASSERT_GE(QSIZE / 3, qd);
-	v->nq = nq;
-	vmm_start(_metadata, v, c->be.fd);
-
-	for (q = 0; q < nq; q++) {
-		struct vhost_worker_state w = { 0 };
-		struct vhost_vring_worker vw = { .index = q };
-		struct vhost_vring_state cpu = { .index = q };
-
-		/* A worker per vring, pinned to a CPU of its own. */
-		ASSERT_EQ(0, ioctl(v->fd, VHOST_NEW_WORKER, &w));
-		vw.worker_id = w.worker_id;
-		ASSERT_EQ(0, ioctl(v->fd, VHOST_ATTACH_VRING_WORKER, &vw));
-		cpu.num = (q + 1) % sysconf(_SC_NPROCESSORS_ONLN);
-		ASSERT_EQ(0, ioctl(v->fd, VHOST_BLK_SET_VRING_CPU, &cpu));
-		ASSERT_EQ(0, set_poll_us(v, q, poll_mode ? poll_us : 0));
-		if (poll_mode)
-			v->vq[q].avail->flags =
-				htole16(VRING_AVAIL_F_NO_INTERRUPT);
-
-		b[q].v = v;
-		b[q].q = q;
-		b[q].qd = qd;
-		b[q].write = !strcmp(rw, "randwrite");
-		b[q].poll = poll_mode;
-		b[q].nblocks = c->be.size / 4096;
-		b[q].seed = mix64(q + 1);
-		b[q].hdrs = galloc(v, 0, HDR_SIZE * qd, 64);
-		b[q].sts = galloc(v, 0, qd, 64);
-		b[q].data = galloc(v, q & 1, 4096ULL * qd, 4096);
-		b[q].lat = calloc(BENCH_MAX_LAT, sizeof(uint64_t));
-		ASSERT_NE(NULL, b[q].lat);
-		ASSERT_EQ(0, read_stats(q, &st0[q]));
-	}
-
-	t0 = now_us();
-	for (q = 0; q < nq; q++) {
-		b[q].end_us = t0 + secs * 1000000LL;
-		ASSERT_EQ(0, pthread_create(&th[q], NULL, bench_queue, &b[q]));
-	}
-	for (q = 0; q < nq; q++)
-		pthread_join(th[q], NULL);
-	t1 = now_us();
-
-	all = malloc(nq * BENCH_MAX_LAT * sizeof(uint64_t));
-	ASSERT_NE(NULL, all);
-	for (q = 0; q < nq; q++) {
-		ASSERT_EQ(0, b[q].err) TH_LOG("queue %u: %s", q,
-					      strerror(b[q].err));
-		ASSERT_EQ(0, read_stats(q, &st1[q]));
-		done += b[q].done;
-		kicks += b[q].kicks;
-		calls += b[q].calls;
-		mk += st1[q].kicks - st0[q].kicks;
-		ms += st1[q].signals - st0[q].signals;
-		memcpy(all + nlat, b[q].lat, b[q].nlat * sizeof(uint64_t));
-		nlat += b[q].nlat;
-		free(b[q].lat);
-	}
-	ASSERT_LT(0, nlat);
-	qsort(all, nlat, sizeof(*all), cmp_u64);
-	for (k = 0; k < nlat; k++)
-		sum += all[k];
-
-	f = fopen(out, "a");
-	ASSERT_NE(NULL, f);
-	fprintf(f, "{\"mode\": \"%s\", \"rw\": \"%s\", ", mode, rw);
-	fprintf(f, "\"qd\": %u, \"queues\": %u, ", qd, nq);
-	fprintf(f, "\"iops\": %.0f, ", done * 1e6 / (t1 - t0));
-	fprintf(f, "\"lat_mean_us\": %.2f, ", sum / 1e3 / nlat);
-	fprintf(f, "\"lat_p99_us\": %.2f, ", all[nlat * 99 / 100] / 1e3);
-	fprintf(f, "\"kicks_per_req\": %.4f, ", (double)kicks / done);
-	fprintf(f, "\"signals_per_req\": %.4f, ", (double)calls / done);
-	fprintf(f, "\"module_kicks_per_req\": %.4f, ", (double)mk / done);
-	fprintf(f, "\"module_signals_per_req\": %.4f}\n", (double)ms / done);
-	fclose(f);
-	free(all);
-}
-
-/* ------------------------------------------------------------------ */
-/* The ring fuzzer                                                      */
-/* ------------------------------------------------------------------ */
-
-/*
- * Random and hostile requests on every queue at once, each with the answer
- * the device owes it (Documentation/abi.rst): a status and a used length,
- * or a stopped ring reported on the ring's error eventfd.  Reads and writes
- * are checked against a copy of the fuzzed area of the store kept here.  A
- * ring that must stop ends its batch; the device is then reset
- * (VHOST_RESET_OWNER, a new setup with random ring features and poll
- * budgets) and must work again.
- *
- * Environment: VBP_FUZZ_REQUESTS (default 10000), VBP_FUZZ_SEED (default
- * from the clock; printed, so that a run can be repeated), VBP_FUZZ_POLL=0
- * (poll budgets all 0: no ring polls), VBP_TEST_BDEV (a block device to
- * fuzz instead of a file in VBP_TEST_DIR).
- */
-
-#define FZ_SLOTS	16		/* requests of a queue in one batch */
-#define FZ_SLOT_SECTORS	128		/* the store area of one slot */
-#define FZ_SLOT_BYTES	(FZ_SLOT_SECTORS * SECTOR)
-#define FZ_BASE		16384		/* first sector of the fuzzed area */
-#define FZ_SECTORS	(MAX_QUEUES * FZ_SLOTS * FZ_SLOT_SECTORS)
-#define FZ_SLACK	4096		/* a buffer starts anywhere in this */
-#define FZ_BUF_BYTES	(FZ_SLOT_BYTES + 2 * FZ_SLACK)
-#define FZ_MAX_DESC	(QSIZE / FZ_SLOTS)	/* ring descriptors of a chain */
-#define FZ_JUNK		64		/* bytes of payload a request ignores */
-#define FZ_WAIT_MS	10000
-#define FZ_STOP		(-1)		/* the ring must stop at this chain */
-#define FZ_ANY		(-2)		/* any status; the area is forgotten */
-#define FZ_POISON	0xee		/* a status byte before the answer */
-
-static const char fz_serial[VIRTIO_BLK_ID_BYTES] = "vhost-blk-poll-fuzz";
-
-/* One descriptor as the fuzzer means it; NEXT is added when chained. */
-struct fz_desc {
-	uint64_t addr;
-	uint32_t len;
-	uint16_t flags;
-};
-
-/* How a chain is broken beyond the contents of its descriptors. */
-enum fz_mangle {
-	FZ_M_NONE,
-	FZ_M_LOOP,		/* the last descriptor chains to the head */
-	FZ_M_NEXT,		/* ... or to an index beyond the ring */
-	FZ_M_HEAD,		/* the avail entry names no descriptor */
-	FZ_M_AVAIL,		/* the avail index jumps too far */
-	FZ_M_IND_LEN,		/* indirect table length not 16 x n */
-	FZ_M_IND_NESTED,	/* an indirect table entry is indirect */
-	FZ_M_IND_OPEN,		/* the table's last entry has NEXT */
-	FZ_M_IND_EMPTY,		/* a table of no entry */
-	FZ_M_IND_ADDR,		/* a table outside guest memory */
-};
-
-enum fz_effect { FZ_E_NONE, FZ_E_WRITE, FZ_E_ZERO, FZ_E_FORGET };
-
-struct fz_slot {
-	int want;		/* status owed, FZ_STOP or FZ_ANY */
-	/* Bytes written owed, the status byte counted: fz_used_len(). */
-	uint32_t want_len;
-	uint32_t wr_total;	/* bytes of the device-writable buffers */
-	uint32_t type;
-	uint64_t sector;	/* store area of the data or range */
-	uint32_t len;		/* its length in bytes */
-	uint64_t rbuf, wbuf;	/* its readable and writable buffers */
-	uint64_t data;		/* the data (in rbuf or wbuf) */
-	uint64_t st;		/* the status byte */
-	uint32_t id_len;	/* GET_ID bytes owed */
-	enum fz_effect effect;	/* on the store when answered OK */
-	enum fz_mangle mangle;
-	bool answered;
-};
-
-struct fz {
-	struct ctx *c;
-	uint64_t rnd;
-	struct fz_slot slot[MAX_QUEUES][FZ_SLOTS];
-	uint8_t head_slot[MAX_QUEUES][QSIZE];
-	unsigned int nslots[MAX_QUEUES];
-	unsigned int owed[MAX_QUEUES];	/* used entries owed */
-	bool stops[MAX_QUEUES];
-	bool no_poll;		/* rings never poll (VBP_FUZZ_POLL=0) */
-	uint8_t *copy;		/* what the fuzzed area holds */
-	uint8_t *known;		/* per sector: whether the copy is exact */
-	/* For the report. */
-	unsigned long long requests, status[3], stopped, resets, batches;
-};
-
-static uint64_t fz_rand(struct fz *f)
-{
-	f->rnd += 0x9e3779b97f4a7c15ULL;
-	return mix64(f->rnd);
-}
-
-static uint32_t fz_below(struct fz *f, uint32_t n)
-{
-	return n ? fz_rand(f) % n : 0;
-}
-
-static bool fz_chance(struct fz *f, unsigned int percent)
-{
-	return fz_below(f, 100) < percent;
-}
-
-static uint64_t fz_slot_sector(unsigned int q, unsigned int i)
-{
-	return FZ_BASE + (uint64_t)(q * FZ_SLOTS + i) * FZ_SLOT_SECTORS;
-}
-
-/* Offset of sector in the copy of the fuzzed area. */
-static size_t fz_off(uint64_t sector)
-{
-	return (sector - FZ_BASE) * SECTOR;
-}
-
-/*
- * Cuts [addr, addr + len) into at most pieces descriptors, appended to
- * d[*n]: of random lengths, of whole sectors, or as even as can be.
- */
-static void fz_cut(struct fz *f, struct fz_desc *d, unsigned int *n,
-		   unsigned int pieces, uint64_t addr, uint32_t len, bool wr,
-		   bool even)
-{
-	bool sectors = fz_chance(f, 50);
-	uint32_t part;
-
-	while (len && pieces) {
-		if (pieces == 1)
-			part = len;
-		else if (even)
-			part = len / pieces ? len / pieces : 1;
-		else if (sectors && len > SECTOR)
-			part = SECTOR * (1 + fz_below(f, len / SECTOR));
-		else
-			part = 1 + fz_below(f, len);
-		d[*n] = (struct fz_desc){ addr, part,
-					  wr ? VRING_DESC_F_WRITE : 0 };
-		(*n)++;
-		addr += part;
-		len -= part;
-		pieces--;
-	}
-}
-
-/*
- * Zero-length descriptors at random places: vhost skips them, but one that
- * is device-readable after device-writable bytes breaks the chain, so those
- * go only where the chain is still readable.
- */
-static void fz_zero_len(struct fz *f, struct fz_desc *d, unsigned int *n,
-			unsigned int max)
-{
-	unsigned int k, at, first_wr = *n;
-	bool wr;
-
-	for (k = 0; k < *n; k++) {
-		if (d[k].flags & VRING_DESC_F_WRITE && d[k].len) {
-			first_wr = k;
-			break;
-		}
-	}
-	while (*n < max && fz_chance(f, 20)) {
-		wr = fz_chance(f, 50);
-		at = fz_below(f, (wr ? *n : first_wr) + 1);
-		memmove(&d[at + 1], &d[at], (*n - at) * sizeof(*d));
-		/* The address of nothing is never looked at. */
-		d[at] = (struct fz_desc){
-			fz_chance(f, 50) ? HOLE_GPA : fz_rand(f), 0,
-			wr ? VRING_DESC_F_WRITE : 0 };
-		(*n)++;
-		if (!wr || at <= first_wr)
-			first_wr++;
-	}
-}
-
-/*
- * Writes chain d[0..n) to queue q, in the ring or through an indirect
- * table, broken as s->mangle says, and makes it an avail entry.  Returns
- * the head.
- */
-static int fz_add(struct fz *f, unsigned int q, const struct fz_desc *d,
-		  unsigned int n, bool indirect, struct fz_slot *s)
-{
-	struct vmm *v = &f->c->v;
-	struct vq *vq = &v->vq[q];
-	unsigned int i, nd = indirect ? 1 : n;
-	struct vring_desc *tbl;
-	uint16_t id[QSIZE], to;
-	uint64_t tgpa;
-	uint32_t tlen;
-	bool more;
-
-	if (!nd || nd > vq->nfree)
-		return -1;
-	for (i = 0; i < nd; i++)
-		id[i] = vq_pop_desc(vq);
-	if (indirect) {
-		tgpa = vq->ind_gpa + 16ULL * IND_MAX * id[0];
-		tbl = gpa_to_hva(v, tgpa, 16ULL * IND_MAX);
-		for (i = 0; i < n; i++) {
-			more = i + 1 < n || s->mangle == FZ_M_IND_OPEN;
-			desc_set(&tbl[i], d[i].addr, d[i].len,
-				 d[i].flags | (more ? VRING_DESC_F_NEXT : 0),
-				 more ? i + 1 : 0);
-		}
-		if (s->mangle == FZ_M_IND_NESTED)
-			tbl[fz_below(f, n)].flags |=
-				htole16(VRING_DESC_F_INDIRECT);
-		tlen = 16 * n;
-		if (s->mangle == FZ_M_IND_LEN)
-			tlen += 1 + fz_below(f, 15);
-		else if (s->mangle == FZ_M_IND_EMPTY)
-			tlen = 0;
-		else if (s->mangle == FZ_M_IND_ADDR)
-			tgpa = HOLE_GPA + 16 * fz_below(f, 4096);
-		desc_set(&vq->desc[id[0]], tgpa, tlen, VRING_DESC_F_INDIRECT,
-			 0);
-		vq->next[id[0]] = 0;
-	} else {
-		for (i = 0; i < n; i++) {
-			more = i + 1 < n;
-			vq->next[id[i]] = more ? id[i + 1] : 0;
-			desc_set(&vq->desc[id[i]], d[i].addr, d[i].len,
-				 d[i].flags | (more ? VRING_DESC_F_NEXT : 0),
-				 vq->next[id[i]]);
-		}
-		if (s->mangle == FZ_M_LOOP || s->mangle == FZ_M_NEXT) {
-			to = s->mangle == FZ_M_LOOP ? id[0] :
-			     QSIZE + fz_below(f, 65536 - QSIZE);
-			desc_set(&vq->desc[id[n - 1]], d[n - 1].addr,
-				 d[n - 1].len,
-				 d[n - 1].flags | VRING_DESC_F_NEXT, to);
-		}
-	}
-	vq_push(vq, id[0], nd, 0);
-	if (s->mangle == FZ_M_HEAD)
-		vq->avail->ring[(uint16_t)(vq->avail_idx - 1) % QSIZE] =
-			htole16(QSIZE + fz_below(f, 65536 - QSIZE));
-	return id[0];
-}
-
-static void fz_dwz_seg(struct vmm *v, uint64_t gpa, uint64_t sector,
-		       uint32_t num, uint32_t flags)
-{
-	struct virtio_blk_discard_write_zeroes r = {
-		.sector = htole64(sector),
-		.num_sectors = htole32(num),
-		.flags = htole32(flags),
-	};
-
-	memcpy(gpa_to_hva(v, gpa, sizeof(r)), &r, sizeof(r));
-}
-
-static bool fz_type_known(uint32_t type)
-{
-	switch (type) {
-	case VIRTIO_BLK_T_IN:
-	case VIRTIO_BLK_T_OUT:
-	case VIRTIO_BLK_T_FLUSH:
-	case VIRTIO_BLK_T_GET_ID:
-	case VIRTIO_BLK_T_DISCARD:
-	case VIRTIO_BLK_T_WRITE_ZEROES:
-		return true;
-	}
-	return false;
-}
-
-/* What a well-formed discard or write zeroes of num sectors gets. */
-static void fz_dwz_answer(struct fz *f, struct fz_slot *s, uint32_t num)
-{
-	struct backend *be = &f->c->be;
-
-	if (!num)
-		return;
-	if (!be->bdev && !be->discard) {
-		/* A file system that cannot punch holes: it depends. */
-		s->want = FZ_ANY;
-		s->effect = FZ_E_FORGET;
-	} else if (!be->bdev || s->type == VIRTIO_BLK_T_WRITE_ZEROES) {
-		s->effect = FZ_E_ZERO;
-	} else if (be->discard) {
-		/* What a discarded sector reads back is the device's business. */
-		s->effect = FZ_E_FORGET;
-	} else {
-		s->want = VIRTIO_BLK_S_UNSUPP;
-	}
-}
-
-/* Request parameters that fz_make() chooses and fz_build() lays out. */
-struct fz_req {
-	uint32_t type;
-	uint64_t sector;
-	uint64_t r, w;		/* the readable and writable parts */
-	uint32_t rlen;		/* readable bytes after the header */
-	uint32_t wlen;		/* writable bytes before the status */
-	bool short_hdr;		/* fewer than 16 readable bytes */
-	bool hdr_writable;	/* ... the header is writable instead */
-	bool wrong_dir;		/* the data goes the wrong way */
-	unsigned int stop;	/* how the chain breaks, 0 when it does not */
-};
-
-/*
- * The used length owed (Documentation/abi.rst): the bytes written from the
- * start of the writable buffers, all of them when the data written and the
- * status byte fill them, else the data alone (the status is the last byte).
- */
-static uint32_t fz_used_len(const struct fz_slot *s)
-{
-	return s->want_len == s->wr_total ? s->want_len : s->want_len - 1;
-}
-
-/* A well-formed request, answered as the ABI says. */
-static void fz_good(struct fz *f, struct fz_slot *s, struct fz_req *rq,
-		    uint64_t base)
-{
-	struct vmm *v = &f->c->v;
-	uint32_t k = fz_below(f, 100), num, flags = 0;
-
-	num = fz_below(f, FZ_SLOT_SECTORS + 1);
-	rq->sector = base + fz_below(f, FZ_SLOT_SECTORS - num + 1);
-	if (k < 70) {
-		rq->type = k < 35 ? VIRTIO_BLK_T_IN : VIRTIO_BLK_T_OUT;
-		s->len = num * SECTOR;
-		s->sector = rq->sector;
-		if (rq->type == VIRTIO_BLK_T_IN)
-			s->want_len = s->len + 1;
-		s->effect = rq->type == VIRTIO_BLK_T_OUT ? FZ_E_WRITE :
-							   FZ_E_NONE;
-	} else if (k < 77) {
-		/* Payload a flush ignores, both ways. */
-		rq->type = VIRTIO_BLK_T_FLUSH;
-		rq->rlen = fz_below(f, FZ_JUNK);
-		rq->wlen = fz_below(f, FZ_JUNK);
-	} else if (k < 84) {
-		rq->type = VIRTIO_BLK_T_GET_ID;
-		rq->wlen = fz_below(f, 2 * VIRTIO_BLK_ID_BYTES + 1);
-		s->id_len = rq->wlen < VIRTIO_BLK_ID_BYTES ?
-			    rq->wlen : VIRTIO_BLK_ID_BYTES;
-		s->want_len = s->id_len + 1;
-	} else {
-		rq->type = k < 92 ? VIRTIO_BLK_T_DISCARD :
-				    VIRTIO_BLK_T_WRITE_ZEROES;
-		if (rq->type == VIRTIO_BLK_T_WRITE_ZEROES && fz_chance(f, 50))
-			flags = VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP;
-		rq->rlen = sizeof(struct virtio_blk_discard_write_zeroes);
-		fz_dwz_seg(v, rq->r + HDR_SIZE, rq->sector, num, flags);
-		s->type = rq->type;
-		s->sector = rq->sector;
-		s->len = num * SECTOR;
-		fz_dwz_answer(f, s, num);
-	}
-}
-
-/* A discard or write zeroes the device must refuse. */
-static void fz_bad_dwz(struct fz *f, struct fz_slot *s, struct fz_req *rq,
-		       uint64_t base)
-{
-	struct ctx *c = f->c;
-	uint32_t num = 1 + fz_below(f, FZ_SLOT_SECTORS), flags = 0;
-	static const uint32_t counts[] = { 0, 8, 15, 17, 32, 48 };
-	uint64_t sector = base;
-	unsigned int i;
-
-	rq->type = fz_chance(f, 50) ? VIRTIO_BLK_T_DISCARD :
-				      VIRTIO_BLK_T_WRITE_ZEROES;
-	rq->rlen = sizeof(struct virtio_blk_discard_write_zeroes);
-	s->want = VIRTIO_BLK_S_UNSUPP;
-	switch (fz_below(f, 5)) {
-	case 0:		/* other than one segment */
-		rq->rlen = counts[fz_below(f, ARRAY_SIZE(counts))];
-		break;
-	case 1:		/* flags nobody knows */
-		flags = fz_chance(f, 50) ? 2U << fz_below(f, 31) :
-					   (uint32_t)fz_rand(f);
-		flags &= ~VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP;
-		if (!flags)
-			flags = 2;
-		if (rq->type == VIRTIO_BLK_T_WRITE_ZEROES && fz_chance(f, 50))
-			flags |= VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP;
-		break;
-	case 2:		/* unmap on a discard */
-		rq->type = VIRTIO_BLK_T_DISCARD;
-		flags = VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP;
-		break;
-	case 3:		/* longer than a segment may be */
-		num = VHOST_BLK_MAX_DISCARD_SECTORS + 1 +
-		      fz_below(f, 1U << 20);
-		s->want = VIRTIO_BLK_S_IOERR;
-		break;
-	default:	/* past the end */
-		sector = fz_chance(f, 50) ? c->cap - fz_below(f, num) :
-					    UINT64_MAX - fz_below(f, num);
-		s->want = VIRTIO_BLK_S_IOERR;
-		break;
-	}
-	for (i = 0; i < 3; i++)
-		fz_dwz_seg(&c->v, rq->r + HDR_SIZE + 16 * i, sector, num,
-			   flags);
-}
-
-/* A malformed request the device answers with an error. */
-static void fz_bad(struct fz *f, struct fz_slot *s, struct fz_req *rq,
-		   uint64_t base)
-{
-	struct ctx *c = f->c;
-	uint32_t num = 1 + fz_below(f, FZ_SLOT_SECTORS);
-
-	rq->type = fz_chance(f, 50) ? VIRTIO_BLK_T_IN : VIRTIO_BLK_T_OUT;
-	rq->sector = base;
-	s->want = VIRTIO_BLK_S_IOERR;
-	switch (fz_below(f, 6)) {
-	case 0:		/* outside the capacity, or past 2^64 */
-		s->len = num * SECTOR;
-		switch (fz_below(f, 3)) {
-		case 0:
-			rq->sector = c->cap - fz_below(f, num);
-			break;
-		case 1:
-			rq->sector = c->cap + fz_below(f, 1U << 30);
-			break;
-		default:
-			rq->sector = UINT64_MAX - fz_below(f, num);
-			break;
-		}
-		break;
-	case 1:		/* not whole sectors */
-		s->len = fz_below(f, FZ_SLOT_SECTORS) * SECTOR + 1 +
-			 fz_below(f, SECTOR - 1);
-		break;
-	case 2:		/* data the wrong way */
-		s->len = 1 + fz_below(f, FZ_SLOT_BYTES);
-		rq->wrong_dir = true;
-		break;
-	case 3:		/* a header short of 16 bytes, or writable */
-		rq->type = fz_rand(f);
-		rq->short_hdr = true;
-		rq->hdr_writable = fz_chance(f, 30);
-		rq->wlen = fz_below(f, FZ_JUNK);
-		break;
-	case 4:		/* a type nobody knows */
-		do {
-			rq->type = fz_chance(f, 50) ? fz_below(f, 32) :
-						      (uint32_t)fz_rand(f);
-		} while (fz_type_known(rq->type));
-		rq->rlen = fz_below(f, FZ_JUNK);
-		rq->wlen = fz_below(f, FZ_JUNK);
-		s->want = VIRTIO_BLK_S_UNSUPP;
-		break;
-	default:
-		fz_bad_dwz(f, s, rq, base);
-		break;
-	}
-}
-
-/*
- * Lays request rq of slot s out as descriptors and adds it to queue q.
- * A request is a readable part (header and payload, contiguous) and a
- * writable part (data and status, contiguous), each cut into random
- * descriptors, then broken as rq->stop says.
- */
-static void fz_build(struct fz *f, unsigned int q, struct fz_slot *s,
-		     struct fz_req *rq, bool alone)
-{
-	struct vmm *v = &f->c->v;
-	bool indirect = v->indirect && fz_chance(f, 70), long_chain;
-	struct fz_desc d[QSIZE + 8];
-	unsigned int n = 0, max, k;
-	uint32_t rtotal;
-	int head;
-
-	if (rq->type == VIRTIO_BLK_T_IN || rq->type == VIRTIO_BLK_T_OUT) {
-		bool readable = (rq->type == VIRTIO_BLK_T_OUT) != rq->wrong_dir;
-
-		if (readable) {
-			rq->rlen = s->len;
-			s->data = rq->r + HDR_SIZE;
-			fill_rand(gpa_to_hva(v, s->data, s->len), s->len,
-				  fz_rand(f));
-		} else {
-			rq->wlen = s->len;
-			s->data = rq->w;
-			memset(gpa_to_hva(v, s->data, s->len), 0x5a, s->len);
-		}
-	}
-	set_hdr(v, rq->r, rq->type, rq->sector);
-	s->type = rq->type;
-	s->st = rq->w + rq->wlen;
-	*gptr(v, s->st) = FZ_POISON;
-	if (rq->type == VIRTIO_BLK_T_GET_ID) {
-		s->data = rq->w;
-		memset(gpa_to_hva(v, rq->w, rq->wlen + 1), 0, rq->wlen);
-	}
-
-	/* Stops that need an indirect table get one. */
-	if (rq->stop >= 8)
-		indirect = true;
-	else if (rq->stop == 4 || rq->stop == 5)
-		indirect = false;
-	max = indirect ? IND_MAX : alone ? QSIZE : FZ_MAX_DESC;
-	max--;		/* room for a readable descriptor after the status */
-	long_chain = alone && fz_chance(f, 20);
-	rtotal = rq->short_hdr ? fz_below(f, HDR_SIZE) : HDR_SIZE + rq->rlen;
-	k = long_chain ? max / 2 : 1 + fz_below(f, max / 2);
-	fz_cut(f, d, &n, k, rq->r, rtotal, rq->hdr_writable, long_chain);
-	k = long_chain ? max - n : 1 + fz_below(f, max - n);
-	fz_cut(f, d, &n, k, rq->w, rq->wlen + 1, true, long_chain);
-	fz_zero_len(f, d, &n, max);
-
-	switch (rq->stop) {
-	case 0:
-		break;
-	case 1:		/* nothing the device may write: no status */
-		for (k = 0; k < n; k++)
-			d[k].flags &= ~VRING_DESC_F_WRITE;
-		break;
-	case 2:		/* nothing at all: every descriptor empty */
-		for (k = 0; k < n; k++)
-			d[k].len = 0;
-		break;
-	case 3:		/* readable after writable */
-		d[n++] = (struct fz_desc){ rq->r, fz_below(f, HDR_SIZE + 1),
-					   0 };
-		break;
-	case 4:
-		s->mangle = FZ_M_LOOP;
-		break;
-	case 5:
-		s->mangle = FZ_M_NEXT;
-		break;
-	case 6:		/* outside guest memory, or wrapping around */
-		do {
-			k = fz_below(f, n);
-		} while (!d[k].len);
-		switch (fz_below(f, 4)) {
-		case 0:
-			d[k].addr = HOLE_GPA + fz_below(f, 1U << 20);
-			break;
-		case 1:
-			d[k].addr = REGION_SIZE - fz_below(f, d[k].len);
-			break;
-		case 2:
-			d[k].addr = REGION1_GPA + REGION_SIZE -
-				    fz_below(f, d[k].len);
-			break;
-		default:
-			d[k].addr = UINT64_MAX - fz_below(f, d[k].len);
-			break;
-		}
-		break;
-	case 7:
-		s->mangle = alone && fz_chance(f, 50) ? FZ_M_AVAIL :
-							FZ_M_HEAD;
-		break;
-	default:
-		s->mangle = FZ_M_IND_LEN + rq->stop - 8;
-		break;
-	}
-	s->wr_total = 0;
-	for (k = 0; k < n; k++)
-		if (d[k].flags & VRING_DESC_F_WRITE)
-			s->wr_total += d[k].len;
-	head = fz_add(f, q, d, n, indirect, s);
-	if (head < 0) {
-		fprintf(stderr, "# fuzz: no room for %u descriptors\n", n);
-		abort();
-	}
-	f->head_slot[q][head] = s - f->slot[q];
-}
-
-/*
- * Makes request i of queue q: well formed, malformed and answered, or one
- * that stops the ring (only as the last of its batch); only well formed
- * ones when good.
- */
-static void fz_make(struct fz *f, unsigned int q, unsigned int i, bool last,
-		    bool alone, bool good)
-{
-	struct fz_slot *s = &f->slot[q][i];
-	uint64_t base = fz_slot_sector(q, i);
-	struct fz_req rq = { 0 };
-	unsigned int kind;
-
-	s->want = VIRTIO_BLK_S_OK;
-	s->type = 0;
-	s->sector = 0;
-	s->len = 0;
-	s->data = 0;
-	s->id_len = 0;
-	s->want_len = 1;
-	s->effect = FZ_E_NONE;
-	s->mangle = FZ_M_NONE;
-	s->answered = false;
-	/* Aligned buffers take the direct I/O path, the others do not. */
-	rq.r = s->rbuf + (fz_chance(f, 50) ? FZ_SLACK :
-			  FZ_SLACK + fz_below(f, FZ_SLACK)) - HDR_SIZE;
-	rq.w = s->wbuf + (fz_chance(f, 50) ? FZ_SLACK :
-			  FZ_SLACK + fz_below(f, FZ_SLACK));
-
-	kind = fz_below(f, good ? 60 : 100);
-	if (kind >= 88 && !last)
-		kind = fz_below(f, 88);
-	if (kind < 60) {
-		fz_good(f, s, &rq, base);
-	} else if (kind < 88) {
-		fz_bad(f, s, &rq, base);
-	} else {
-		/* A small read or write, then broken. */
-		rq.type = fz_chance(f, 50) ? VIRTIO_BLK_T_IN :
-					     VIRTIO_BLK_T_OUT;
-		rq.sector = base;
-		s->len = SECTOR * fz_below(f, 9);
-		rq.stop = 1 + fz_below(f, 12);
-		s->want = FZ_STOP;
-	}
-	fz_build(f, q, s, &rq, alone);
-}
-
-/*
- * Publishes queue q's batch (or breaks its avail index) and kicks, with
- * games on the used index when games.
- */
-static void fz_kick(struct fz *f, unsigned int q, bool games)
-{
-	struct vmm *v = &f->c->v;
-	struct vq *vq = &v->vq[q];
-	struct fz_slot *s = &f->slot[q][f->nslots[q] - 1];
-
-	if (s->mangle == FZ_M_AVAIL) {
-		__atomic_store_n(&vq->avail->idx,
-				 htole16(vq->published + QSIZE + 1 +
-					 fz_below(f, 65535 - QSIZE)),
-				 __ATOMIC_RELEASE);
-		vq_notify(vq);
-		return;
-	}
-	/* Notification games: none of them may lose a request. */
-	if (v->event_idx)
-		__atomic_store_n(vq->used_event, htole16(fz_rand(f)),
-				 __ATOMIC_RELAXED);
-	else
-		vq->avail->flags = htole16(fz_chance(f, 50) ?
-					   VRING_AVAIL_F_NO_INTERRUPT : 0);
-	/* A used index the guest scribbled on is the device's to rewrite. */
-	if (games && f->owed[q] && fz_chance(f, 10))
-		vq->used->idx = htole16(vq->last_used + f->owed[q] + 1 +
-					fz_below(f, 30000));
-	if (!vq_kick(v, q) && fz_chance(f, 10))
-		vq_notify(vq);
-}
-
-/* Waits until every queue has the used entries it is owed. */
-static bool fz_wait(struct fz *f, int ms)
-{
-	int64_t deadline = now_us() + ms * 1000LL;
-	struct vmm *v = &f->c->v;
-	struct pollfd pfd[MAX_QUEUES];
-	unsigned int q;
-	bool all;
-
-	for (;;) {
-		all = true;
-		for (q = 0; q < v->nq; q++) {
-			struct vq *vq = &v->vq[q];
-
-			if ((uint16_t)(vq_used_idx(vq) - vq->last_used) !=
-			    f->owed[q])
-				all = false;
-			pfd[q] = (struct pollfd){ .fd = vq->call,
-						  .events = POLLIN };
-		}
-		if (all)
-			return true;
-		if (now_us() > deadline)
-			return false;
-		if (poll(pfd, v->nq, 1) > 0) {
-			for (q = 0; q < v->nq; q++) {
-				if (pfd[q].revents & POLLIN)
-					drain(pfd[q].fd);
-			}
-		}
-	}
-}
-
-/* Checks one answered request and applies it to the copy of the store. */
-static void fz_check(struct __test_metadata *_metadata, struct fz *f,
-		     unsigned int q, struct fz_slot *s, uint32_t len)
-{
-	struct vmm *v = &f->c->v;
-	uint8_t st = *gptr(v, s->st);
-	unsigned int i = s - f->slot[q];
-	uint64_t sec;
-	size_t off;
-
-	ASSERT_FALSE(s->answered) TH_LOG("q%u slot %u answered twice", q, i);
-	s->answered = true;
-	ASSERT_NE(FZ_STOP, s->want)
-		TH_LOG("q%u slot %u: a chain that stops the ring (%d) answered",
-		       q, i, s->mangle);
-	if (s->want == FZ_ANY) {
-		ASSERT_GE(VIRTIO_BLK_S_UNSUPP, st);
-	} else {
-		ASSERT_EQ(s->want, st)
-			TH_LOG("batch %llu q%u slot %u: type %u sector %llu len %u",
-			       f->batches, q, i, s->type,
-			       (unsigned long long)s->sector, s->len);
-		ASSERT_EQ(fz_used_len(s), len)
-			TH_LOG("q%u slot %u type %u: used length", q, i,
-			       s->type);
-	}
-	f->status[st]++;
-	if (s->type == VIRTIO_BLK_T_GET_ID)
-		ASSERT_EQ(0, memcmp(gpa_to_hva(v, s->data, s->id_len + 1),
-				    fz_serial, s->id_len))
-			TH_LOG("q%u slot %u: GET_ID returned another serial",
-			       q, i);
-	if (st != VIRTIO_BLK_S_OK && s->want != FZ_ANY)
-		return;
-	off = s->len ? fz_off(s->sector) : 0;
-	switch (s->type) {
-	case VIRTIO_BLK_T_IN:
-		for (sec = 0; sec < s->len / SECTOR; sec++) {
-			if (!f->known[s->sector - FZ_BASE + sec])
-				continue;
-			ASSERT_EQ(0, memcmp(gpa_to_hva(v, s->data + sec * SECTOR,
-						       SECTOR),
-					    f->copy + off + sec * SECTOR,
-					    SECTOR))
-				TH_LOG("q%u slot %u: read of sector %llu differs",
-				       q, i, (unsigned long long)
-				       (s->sector + sec));
-		}
-		break;
-	case VIRTIO_BLK_T_OUT:
-		memcpy(f->copy + off, gpa_to_hva(v, s->data, s->len), s->len);
-		memset(f->known + (s->sector - FZ_BASE), 1, s->len / SECTOR);
-		break;
-	default:
-		if (!s->len || s->effect == FZ_E_NONE)
-			break;
-		if (s->effect == FZ_E_ZERO && st == VIRTIO_BLK_S_OK) {
-			memset(f->copy + off, 0, s->len);
-			memset(f->known + (s->sector - FZ_BASE), 1,
-			       s->len / SECTOR);
-		} else {
-			memset(f->known + (s->sector - FZ_BASE), 0,
-			       s->len / SECTOR);
-		}
-		break;
-	}
-}
-
-/* How fz_setup() finds the device. */
-enum fz_start {
-	FZ_FIRST,		/* opened, never set up */
-	FZ_RESET,		/* set up: reset it first */
-	FZ_WAS_RESET,		/* reset already */
-	FZ_CLOSED,		/* closed: open it again */
-};
-
-/* A new device setup: random ring features and poll budgets. */
-static void fz_setup(struct __test_metadata *_metadata, struct fz *f,
-		     enum fz_start how)
-{
-	static const unsigned int budgets[] = { 0, 50, 1000, 200000 };
-	struct ctx *c = f->c;
-	struct vmm *v = &c->v;
-	unsigned int q;
-
-	if (how == FZ_RESET)
-		ASSERT_EQ(0, ioctl(v->fd, VHOST_RESET_OWNER))
-			TH_LOG("VHOST_RESET_OWNER: %s", strerror(errno));
-	if (how == FZ_CLOSED) {
-		v->fd = open(DEV_PATH, O_RDWR | O_CLOEXEC);
-		ASSERT_LE(0, v->fd) TH_LOG("open %s: %s", DEV_PATH,
-					   strerror(errno));
-	}
-	if (how != FZ_FIRST)
-		f->resets++;
-	v->event_idx = fz_chance(f, 50);
-	v->indirect = fz_chance(f, 50);
-	vmm_start(_metadata, v, c->be.fd);
-	ASSERT_EQ(0, ioctl(v->fd, VHOST_BLK_SET_SERIAL, fz_serial));
-	for (q = 0; q < v->nq; q++)
-		ASSERT_EQ(0, set_poll_us(v, q, f->no_poll ? 0 :
-					 budgets[fz_below(f, ARRAY_SIZE(budgets))]));
-	if (how != FZ_FIRST)
-		check_alive(_metadata, c);
-}
-
-/*
- * Makes a batch, up to FZ_SLOTS requests on every queue, and kicks them
- * all at once.  Returns the number of requests made.
- */
-static unsigned int fz_submit(struct fz *f, unsigned long long left,
-			      bool good)
-{
-	struct vmm *v = &f->c->v;
-	unsigned int q, i, n, made = 0;
-
-	for (q = 0; q < v->nq; q++) {
-		n = 1 + fz_below(f, FZ_SLOTS);
-		if (n > left - made)
-			n = left - made;
-		f->nslots[q] = n;
-		f->owed[q] = 0;
-		for (i = 0; i < n; i++) {
-			fz_make(f, q, i, i + 1 == n, n == 1, good);
-			if (f->slot[q][i].want != FZ_STOP)
-				f->owed[q]++;
-		}
-		f->stops[q] = f->owed[q] != n;
-		made += n;
-	}
-	for (q = 0; q < v->nq; q++) {
-		if (f->nslots[q])
-			fz_kick(f, q, !good);
-	}
-	f->requests += made;
-	f->batches++;
-	return made;
-}
-
-/* Takes the n used entries queue q has and checks them. */
-static void fz_collect(struct __test_metadata *_metadata, struct fz *f,
-		       unsigned int q, unsigned int n)
-{
-	struct vmm *v = &f->c->v;
-	struct used u;
-	unsigned int i;
-
-	for (i = 0; i < n; i++) {
-		ASSERT_EQ(1, vq_get_used(v, q, &u))
-			TH_LOG("queue %u: bad used head", q);
-		fz_check(_metadata, f, q,
-			 &f->slot[q][f->head_slot[q][u.head]], u.len);
-	}
-	/* Interrupts for the synchronous requests that follow. */
-	v->vq[q].avail->flags = 0;
-}
-
-/*
- * Waits for the batch: every request answered as owed, and a ring that
- * must stop stopped and reported; then resets the device if one did.
- */
-static void fz_finish(struct __test_metadata *_metadata, struct fz *f)
-{
-	struct vmm *v = &f->c->v;
-	bool stop = false;
-	unsigned int q;
-
-	ASSERT_TRUE(fz_wait(f, FZ_WAIT_MS)) {
-		for (q = 0; q < v->nq; q++)
-			TH_LOG("queue %u: %u of %u requests answered", q,
-			       (uint16_t)(vq_used_idx(&v->vq[q]) -
-					  v->vq[q].last_used), f->owed[q]);
-	}
-	for (q = 0; q < v->nq; q++) {
-		struct vq *vq = &v->vq[q];
-
-		fz_collect(_metadata, f, q, f->owed[q]);
-		if (f->stops[q]) {
-			struct fz_slot *s = &f->slot[q][f->nslots[q] - 1];
-
-			ASSERT_TRUE(vq_err_signalled(vq, FZ_WAIT_MS))
-				TH_LOG("queue %u: broken chain (%d) not reported",
-				       q, s->mangle);
-			ASSERT_FALSE(vq_has_used(vq))
-				TH_LOG("queue %u: broken chain answered", q);
-			ASSERT_EQ(FZ_POISON, *gptr(v, s->st));
-			f->stopped++;
-			stop = true;
-		} else {
-			ASSERT_FALSE(vq_err_signalled(vq, 0))
-				TH_LOG("queue %u: a ring error without cause",
-				       q);
-		}
-	}
-	if (stop)
-		fz_setup(_metadata, f, FZ_RESET);
-}
-
-/* The fuzzed area reads back as the copy says, from the store and the device. */
-static void fz_verify(struct __test_metadata *_metadata, struct fz *f)
-{
-	struct ctx *c = f->c;
-	uint8_t *got = malloc(FZ_SLOT_BYTES);
-	uint64_t sector, k;
-	uint32_t len = 0;
-	int ret;
-
-	ASSERT_NE(NULL, got);
-	for (sector = FZ_BASE; sector < FZ_BASE + FZ_SECTORS;
-	     sector += FZ_SLOT_SECTORS) {
-		ret = be_io(&c->be, false, sector * SECTOR, got,
-			    FZ_SLOT_BYTES);
-		ASSERT_EQ(0, ret);
-		for (k = 0; k < FZ_SLOT_SECTORS; k++) {
-			if (!f->known[sector - FZ_BASE + k])
-				continue;
-			ASSERT_EQ(0, memcmp(got + k * SECTOR,
-					    f->copy + fz_off(sector + k),
-					    SECTOR))
-				TH_LOG("store: sector %llu differs",
-				       (unsigned long long)(sector + k));
-		}
-		ASSERT_EQ(VIRTIO_BLK_S_OK,
-			  blk_rw(_metadata, c, VIRTIO_BLK_T_IN, sector, c->rd,
-				 FZ_SLOT_BYTES, 3, &len));
-		for (k = 0; k < FZ_SLOT_SECTORS; k++) {
-			if (!f->known[sector - FZ_BASE + k])
-				continue;
-			ASSERT_EQ(0, memcmp(gpa_to_hva(&c->v, c->rd + k * SECTOR,
-						       SECTOR),
-					    f->copy + fz_off(sector + k),
-					    SECTOR))
-				TH_LOG("device: sector %llu differs",
-				       (unsigned long long)(sector + k));
-		}
-	}
-	free(got);
-}
-
-/* What races with I/O in flight on every queue. */
-enum fz_race {
-	FZ_R_MEM_SAME,		/* VHOST_SET_MEM_TABLE, the same table */
-	FZ_R_MEM_SHRINK,	/* ... without the region of the buffers */
-	FZ_R_DETACH,		/* VHOST_BLK_SET_BACKEND -1, then again */
-	FZ_R_REPLACE,		/* ... another file of the same store */
-	FZ_R_VRING_BASE,	/* VHOST_GET_VRING_BASE on every ring */
-	FZ_R_RESET,		/* VHOST_RESET_OWNER */
-	FZ_R_CLOSE,		/* close() */
-	FZ_R_COUNT,
-};
-
-static const char *const fz_race_names[FZ_R_COUNT] = {
-	"SET_MEM_TABLE", "SET_MEM_TABLE smaller", "detach", "SET_BACKEND",
-	"GET_VRING_BASE", "RESET_OWNER", "close",
-};
-
-/* A write or discard not answered may have landed or not. */
-static void fz_forget_unanswered(struct fz *f)
-{
-	unsigned int q, i;
-	struct fz_slot *s;
-
-	for (q = 0; q < f->c->v.nq; q++) {
-		for (i = 0; i < f->nslots[q]; i++) {
-			s = &f->slot[q][i];
-			if (!s->answered && s->effect != FZ_E_NONE && s->len)
-				memset(f->known + (s->sector - FZ_BASE), 0,
-				       s->len / SECTOR);
-		}
-	}
-}
-
-/* A batch of well-formed requests, and race while it is in flight. */
-static void fz_race(struct __test_metadata *_metadata, struct fz *f,
-		    enum fz_race race, int alt_fd)
-{
-	struct ctx *c = f->c;
-	struct vmm *v = &c->v;
-	struct vhost_vring_state st;
-	unsigned int q, n;
-
-	fz_submit(f, ULLONG_MAX, true);
-	if (fz_chance(f, 50))
-		usleep(fz_below(f, 500));
-	switch (race) {
-	case FZ_R_MEM_SAME:
-		ASSERT_EQ(0, vmm_set_mem(v, NREGIONS));
-		break;
-	case FZ_R_DETACH:
-		ASSERT_EQ(0, vmm_set_backend(v, -1));
-		if (fz_chance(f, 50))
-			usleep(fz_below(f, 500));
-		ASSERT_EQ(0, vmm_set_backend(v, c->be.fd));
-		break;
-	case FZ_R_REPLACE:
-		ASSERT_EQ(0, vmm_set_backend(v, alt_fd));
-		break;
-	case FZ_R_VRING_BASE:
-		/* What a ring took is answered when the call returns. */
-		for (q = 0; q < v->nq; q++) {
-			st = (struct vhost_vring_state){ .index = q };
-			ASSERT_EQ(0, ioctl(v->fd, VHOST_GET_VRING_BASE, &st));
-			ASSERT_EQ((uint16_t)st.num, vq_used_idx(&v->vq[q]))
-				TH_LOG("queue %u: requests taken, not answered",
-				       q);
-		}
-		/* The rest is served once a backend is set again. */
-		ASSERT_EQ(0, vmm_set_backend(v, c->be.fd));
-		break;
-	default:
-		if (race == FZ_R_MEM_SHRINK) {
-			/* Chains in region 1 now stop their ring. */
-			ASSERT_EQ(0, vmm_set_mem(v, 1));
-			if (fz_chance(f, 50))
-				usleep(fz_below(f, 500));
-		}
-		if (race == FZ_R_CLOSE) {
-			close(v->fd);
-			v->fd = -1;
-		} else {
-			ASSERT_EQ(0, ioctl(v->fd, VHOST_RESET_OWNER));
-		}
-		/* Whatever was answered was answered right. */
-		for (q = 0; q < v->nq; q++) {
-			n = (uint16_t)(vq_used_idx(&v->vq[q]) -
-				       v->vq[q].last_used);
-			ASSERT_GE(f->owed[q], n);
-			fz_collect(_metadata, f, q, n);
-			vq_err_signalled(&v->vq[q], 0);
-		}
-		fz_forget_unanswered(f);
-		fz_setup(_metadata, f, race == FZ_R_CLOSE ? FZ_CLOSED :
-							   FZ_WAS_RESET);
-		return;
-	}
-	fz_finish(_metadata, f);
-	if (race == FZ_R_REPLACE)
-		ASSERT_EQ(0, vmm_set_backend(v, c->be.fd));
-}
-
-FIXTURE(fuzz) {
-	struct ctx c;
-	struct fz f;
-};
-
-FIXTURE_SETUP(fuzz)
-{
-	struct ctx *c = &self->c;
-	struct fz *f = &self->f;
-	const char *seed = getenv("VBP_FUZZ_SEED");
-	unsigned int q, i;
-
-	c->v.fd = -1;
-	c->be.fd = -1;
-	c->be.rofd = -1;
-	c->be.chk = -1;
-	f->c = c;
-	be_open(_metadata, &c->be, getenv("VBP_TEST_BDEV"));
-	if (_metadata->exit_code)
-		return;
-	c->cap = c->be.size / SECTOR;
-	ASSERT_LE(FZ_BASE + FZ_SECTORS, c->cap);
-	f->no_poll = !bench_env("VBP_FUZZ_POLL", 1);
-	f->rnd = seed && *seed ? strtoull(seed, NULL, 0) :
-		 mix64(now_us() ^ ((uint64_t)getpid() << 32));
-	c->seed = f->rnd;
-	TH_LOG("VBP_FUZZ_SEED=%llu on %s", (unsigned long long)f->rnd,
-	       c->be.bdev ? getenv("VBP_TEST_BDEV") : "a file");
-
-	vmm_init(_metadata, &c->v, false, false);
-	c->hdr = galloc(&c->v, 0, HDR_SIZE, 64);
-	c->st = galloc(&c->v, 0, 1, 64);
-	c->dz = galloc(&c->v, 0, 4096, 4096);
-	c->rd = galloc(&c->v, 1, RD_MAX, 4096);
-	c->alive = galloc(&c->v, 0, 4096, 4096);
-	for (q = 0; q < MAX_QUEUES; q++) {
-		for (i = 0; i < FZ_SLOTS; i++) {
-			f->slot[q][i].rbuf = galloc(&c->v, 1, FZ_BUF_BYTES, 4096);
-			f->slot[q][i].wbuf = galloc(&c->v, 1, FZ_BUF_BYTES, 4096);
-		}
-	}
-
-	/* The fuzzed area starts out as random data the copy knows. */
-	f->copy = malloc((size_t)FZ_SECTORS * SECTOR);
-	f->known = malloc(FZ_SECTORS);
-	ASSERT_NE(NULL, f->copy);
-	ASSERT_NE(NULL, f->known);
-	fill_rand(f->copy, (size_t)FZ_SECTORS * SECTOR, fz_rand(f));
-	memset(f->known, 1, FZ_SECTORS);
-	store_write(_metadata, c, FZ_BASE, f->copy, (size_t)FZ_SECTORS * SECTOR);
-	fz_setup(_metadata, f, FZ_FIRST);
-}
-
-FIXTURE_TEARDOWN(fuzz)
-{
-	vmm_close(&self->c.v);
-	be_close(&self->c.be);
-	free(self->f.copy);
-	free(self->f.known);
-}
-
-/*
- * VBP_FUZZ_REQUESTS fuzzed requests, then the whole fuzzed area compared
- * with what the answers said, through the store and through the device.
- */
-TEST_F_TIMEOUT(fuzz, rings, 7200)
-{
-	struct fz *f = &self->f;
-	unsigned long long total = bench_env("VBP_FUZZ_REQUESTS", 10000);
-	int64_t t0 = now_us();
-
-	while (f->requests < total) {
-		fz_submit(f, total - f->requests, false);
-		fz_finish(_metadata, f);
-	}
-	fz_verify(_metadata, f);
-	check_alive(_metadata, &self->c);
-	TH_LOG("%llu requests in %llu batches on %u queues, %.1f s",
-	       f->requests, f->batches, self->c.v.nq, (now_us() - t0) / 1e6);
-	TH_LOG("answers: %llu OK, %llu IOERR, %llu UNSUPP; %llu rings stopped, %llu resets",
-	       f->status[VIRTIO_BLK_S_OK], f->status[VIRTIO_BLK_S_IOERR],
-	       f->status[VIRTIO_BLK_S_UNSUPP], f->stopped, f->resets);
-}
-
-/*
- * VBP_RACE_ROUNDS (default 350) batches of well-formed requests on every
- * queue, each raced by a memory table change, a backend detached, replaced
- * or asked for its ring base, a reset or a close, in turn.  What was
- * answered was answered right; the store holds what was written.
- */
-TEST_F_TIMEOUT(fuzz, races, 7200)
-{
-	struct fz *f = &self->f;
-	struct ctx *c = &self->c;
-	unsigned int rounds = bench_env("VBP_RACE_ROUNDS", 350), i;
-	unsigned int count[FZ_R_COUNT] = { 0 };
-	char path[64];
-	int alt_fd;
-
-	snprintf(path, sizeof(path), "/proc/self/fd/%d", c->be.fd);
-	alt_fd = open(path, O_RDWR | O_CLOEXEC);
-	ASSERT_LE(0, alt_fd);
-	for (i = 0; i < rounds; i++) {
-		fz_race(_metadata, f, i % FZ_R_COUNT, alt_fd);
-		count[i % FZ_R_COUNT]++;
-	}
-	close(alt_fd);
-	fz_verify(_metadata, f);
-	check_alive(_metadata, c);
-	for (i = 0; i < FZ_R_COUNT; i++)
-		TH_LOG("%s raced %u times", fz_race_names[i], count[i]);
-	TH_LOG("%llu requests, %llu resets", f->requests, f->resets);
 }
 
 TEST_HARNESS_MAIN

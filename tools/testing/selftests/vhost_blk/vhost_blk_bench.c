@@ -1,0 +1,357 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * The host-side benchmark (make bench-host, bench_host.sh): the mini-VMM
+ * (vmm.h) as a guest doing 4 KiB random I/O on /dev/vhost-blk-poll, one
+ * thread per queue.  Measures, asserts nothing.  Set by the environment:
+ *   VBP_BENCH_MODE     poll (the guest polls and asks for no interrupts, the
+ *                      vrings poll for VBP_BENCH_POLL_US, default 100) or
+ *                      notify (kicks, interrupts, no polling)
+ *   VBP_BENCH_RW       randread or randwrite
+ *   VBP_BENCH_QD       requests in flight per queue (default 1)
+ *   VBP_BENCH_QUEUES   queues (default 1)
+ *   VBP_BENCH_SECONDS  length of the run (default 5)
+ *   VBP_BENCH_OUT      file the result is appended to, one JSON object
+ *   VBP_TEST_BDEV      the block device the device serves
+ * Each vring gets a worker of its own, pinned to a CPU of its own.
+ *
+ * Exits 0 with the result written, 1 when the run fails, 2 when it is not
+ * configured (a variable missing or wrong).
+ */
+
+#define _GNU_SOURCE
+#include <endian.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <linux/fs.h>
+
+#include "vmm.h"
+
+#define BENCH_MAX_LAT	(1024 * 1024)	/* latencies kept per queue */
+
+struct bench_q {
+	struct vmm *v;
+	unsigned int q;
+	unsigned int qd;
+	bool write;
+	bool poll;		/* the guest polls and wants no interrupts */
+	int64_t end_us;
+	uint64_t hdrs, sts, data;
+	uint64_t nblocks;	/* 4 KiB blocks of the device */
+	uint64_t seed;
+	int64_t start_ns[QSIZE];
+	/* Results. */
+	uint64_t done;
+	uint64_t kicks;
+	uint64_t calls;
+	uint64_t *lat;		/* ns */
+	size_t nlat;
+	int err;
+};
+
+/* The run, as the environment sets it. */
+struct bench {
+	const char *out;
+	const char *mode;
+	const char *rw;
+	const char *bdev;
+	bool poll;
+	bool write;
+	unsigned int qd;
+	unsigned int nq;
+	unsigned int secs;
+	unsigned int poll_us;
+};
+
+static void print_usage(FILE *f)
+{
+	fprintf(f,
+		"usage: VBP_BENCH_MODE=poll|notify VBP_BENCH_RW=randread|randwrite \\\n"
+		"       VBP_BENCH_OUT=FILE VBP_TEST_BDEV=DEV [VBP_BENCH_QD=N] \\\n"
+		"       [VBP_BENCH_QUEUES=N] [VBP_BENCH_SECONDS=N] [VBP_BENCH_POLL_US=N] \\\n"
+		"       vhost_blk_bench\n"
+		"One run of the host-side benchmark; bench_host.sh (make bench-host)\n"
+		"runs it.  Appends one JSON object to VBP_BENCH_OUT.\n");
+}
+
+/* Exits 2 when the environment does not make a run. */
+static void bench_config(struct bench *b)
+{
+	const char *missing = NULL;
+
+	b->out = getenv("VBP_BENCH_OUT");
+	b->mode = getenv("VBP_BENCH_MODE");
+	b->rw = getenv("VBP_BENCH_RW");
+	b->bdev = getenv("VBP_TEST_BDEV");
+	if (!b->out || !*b->out)
+		missing = "VBP_BENCH_OUT";
+	else if (!b->mode || !*b->mode)
+		missing = "VBP_BENCH_MODE";
+	else if (!b->rw || !*b->rw)
+		missing = "VBP_BENCH_RW";
+	else if (!b->bdev || !*b->bdev)
+		missing = "VBP_TEST_BDEV";
+	if (missing) {
+		fprintf(stderr, "vhost_blk_bench: not configured: %s is not set\n",
+			missing);
+		print_usage(stderr);
+		exit(2);
+	}
+	b->poll = !strcmp(b->mode, "poll");
+	b->write = !strcmp(b->rw, "randwrite");
+	b->qd = env_uint("VBP_BENCH_QD", 1);
+	b->nq = env_uint("VBP_BENCH_QUEUES", 1);
+	b->secs = env_uint("VBP_BENCH_SECONDS", 5);
+	b->poll_us = env_uint("VBP_BENCH_POLL_US", 100);
+	if (!b->poll && strcmp(b->mode, "notify")) {
+		fprintf(stderr, "vhost_blk_bench: VBP_BENCH_MODE=%s: poll or notify\n",
+			b->mode);
+		exit(2);
+	}
+	if (!b->write && strcmp(b->rw, "randread")) {
+		fprintf(stderr, "vhost_blk_bench: VBP_BENCH_RW=%s: randread or randwrite\n",
+			b->rw);
+		exit(2);
+	}
+	if (!b->qd || b->qd > QSIZE / 3) {
+		fprintf(stderr, "vhost_blk_bench: VBP_BENCH_QD=%u: 1 to %u\n",
+			b->qd, QSIZE / 3);
+		exit(2);
+	}
+	if (!b->nq || b->nq > MAX_QUEUES) {
+		fprintf(stderr, "vhost_blk_bench: VBP_BENCH_QUEUES=%u: 1 to %u\n",
+			b->nq, MAX_QUEUES);
+		exit(2);
+	}
+}
+
+/* Says what failed and exits 1. */
+static void die(const char *fmt, ...)
+{
+	va_list ap;
+
+	fprintf(stderr, "vhost_blk_bench: ");
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	exit(1);
+}
+
+static int64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static void bench_submit(struct bench_q *b, unsigned int slot)
+{
+	struct vmm *v = b->v;
+	uint64_t sector;
+	struct seg sg[3] = {
+		{ b->hdrs + HDR_SIZE * slot, HDR_SIZE, false },
+		{ b->data + 4096ULL * slot, 4096, !b->write },
+		{ b->sts + slot, 1, true },
+	};
+
+	b->seed = mix64(b->seed);
+	sector = (b->seed % b->nblocks) * 8;
+	set_hdr(v, sg[0].gpa, b->write ? VIRTIO_BLK_T_OUT : VIRTIO_BLK_T_IN,
+		sector);
+	b->start_ns[slot] = now_ns();
+	if (vq_add(v, b->q, sg, 3, false, slot) < 0)
+		b->err = ENOSPC;
+}
+
+static void *bench_queue(void *arg)
+{
+	struct bench_q *b = arg;
+	struct vmm *v = b->v;
+	struct vq *vq = &v->vq[b->q];
+	struct pollfd pfd = { .fd = vq->call, .events = POLLIN };
+	unsigned int i, got;
+	uint64_t cnt;
+	struct used u;
+
+	for (i = 0; i < b->qd; i++)
+		bench_submit(b, i);
+	b->kicks += vq_kick(v, b->q);
+	while (!b->err && now_us() < b->end_us) {
+		got = 0;
+		while (vq_get_used(v, b->q, &u) == 1) {
+			if (*gptr(v, b->sts + u.tag) != VIRTIO_BLK_S_OK)
+				b->err = EIO;
+			if (b->nlat < BENCH_MAX_LAT)
+				b->lat[b->nlat++] = now_ns() -
+						    b->start_ns[u.tag];
+			b->done++;
+			bench_submit(b, u.tag);
+			got++;
+		}
+		if (got) {
+			b->kicks += vq_kick(v, b->q);
+			continue;
+		}
+		if (b->poll)
+			continue;
+		/* Ask for an interrupt and sleep on it. */
+		__atomic_thread_fence(__ATOMIC_SEQ_CST);
+		if (vq_has_used(vq))
+			continue;
+		if (poll(&pfd, 1, 10) == 1 &&
+		    read(vq->call, &cnt, sizeof(cnt)) == sizeof(cnt))
+			b->calls += cnt;
+	}
+	/* Interrupts the device sent that nobody waited for. */
+	if (read(vq->call, &cnt, sizeof(cnt)) == sizeof(cnt))
+		b->calls += cnt;
+	return NULL;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+int main(int argc, char **argv)
+{
+	struct bench cfg;
+	struct vmm v = { 0 };
+	struct bench_q b[MAX_QUEUES] = { 0 };
+	struct vq_stats st0[MAX_QUEUES], st1[MAX_QUEUES];
+	unsigned long long mk = 0, ms = 0;
+	uint64_t done = 0, kicks = 0, calls = 0, sum = 0, size, *all;
+	pthread_t th[MAX_QUEUES];
+	size_t nlat = 0, k;
+	int64_t t0, t1;
+	unsigned int q;
+	int fd, ret;
+	FILE *f;
+
+	if (argc > 1) {
+		bool help = !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help");
+
+		print_usage(help ? stdout : stderr);
+		return help ? 0 : 2;
+	}
+	bench_config(&cfg);
+
+	fd = open(cfg.bdev, O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		die("%s: %s", cfg.bdev, strerror(errno));
+	if (ioctl(fd, BLKGETSIZE64, &size))
+		die("%s: BLKGETSIZE64: %s", cfg.bdev, strerror(errno));
+	ret = vmm_init(&v, false, false);
+	if (ret)
+		die("vmm_init: %s", strerror(-ret));
+	if (cfg.nq > v.nq)
+		die("VBP_BENCH_QUEUES=%u: the device has %u queues", cfg.nq,
+		    v.nq);
+	v.nq = cfg.nq;
+	ret = vmm_start(&v, fd);
+	if (ret)
+		die("vmm_start: %s", strerror(-ret));
+
+	for (q = 0; q < cfg.nq; q++) {
+		/* A worker per vring, pinned to a CPU of its own. */
+		ret = vmm_new_worker(&v, q);
+		if (ret)
+			die("vring %u: a worker: %s", q, strerror(-ret));
+		ret = vmm_set_vring_cpu(&v, q, (q + 1) %
+					sysconf(_SC_NPROCESSORS_ONLN));
+		if (ret)
+			die("vring %u: pinning: %s", q, strerror(-ret));
+		ret = vmm_set_poll_us(&v, q, cfg.poll ? cfg.poll_us : 0);
+		if (ret)
+			die("vring %u: poll budget: %s", q, strerror(-ret));
+		if (cfg.poll)
+			v.vq[q].avail->flags =
+				htole16(VRING_AVAIL_F_NO_INTERRUPT);
+
+		b[q].v = &v;
+		b[q].q = q;
+		b[q].qd = cfg.qd;
+		b[q].write = cfg.write;
+		b[q].poll = cfg.poll;
+		b[q].nblocks = size / 4096;
+		b[q].seed = mix64(q + 1);
+		b[q].hdrs = galloc(&v, 0, HDR_SIZE * cfg.qd, 64);
+		b[q].sts = galloc(&v, 0, cfg.qd, 64);
+		b[q].data = galloc(&v, q & 1, 4096ULL * cfg.qd, 4096);
+		b[q].lat = calloc(BENCH_MAX_LAT, sizeof(uint64_t));
+		if (!b[q].lat)
+			die("out of memory");
+		ret = vmm_read_stats(&v, q, &st0[q]);
+		if (ret)
+			die("vring %u: statistics: %s", q, strerror(-ret));
+	}
+
+	t0 = now_us();
+	for (q = 0; q < cfg.nq; q++) {
+		b[q].end_us = t0 + cfg.secs * 1000000LL;
+		ret = pthread_create(&th[q], NULL, bench_queue, &b[q]);
+		if (ret)
+			die("pthread_create: %s", strerror(ret));
+	}
+	for (q = 0; q < cfg.nq; q++)
+		pthread_join(th[q], NULL);
+	t1 = now_us();
+
+	all = malloc(cfg.nq * BENCH_MAX_LAT * sizeof(uint64_t));
+	if (!all)
+		die("out of memory");
+	for (q = 0; q < cfg.nq; q++) {
+		if (b[q].err)
+			die("queue %u: %s", q, strerror(b[q].err));
+		ret = vmm_read_stats(&v, q, &st1[q]);
+		if (ret)
+			die("vring %u: statistics: %s", q, strerror(-ret));
+		done += b[q].done;
+		kicks += b[q].kicks;
+		calls += b[q].calls;
+		mk += st1[q].kicks - st0[q].kicks;
+		ms += st1[q].signals - st0[q].signals;
+		memcpy(all + nlat, b[q].lat, b[q].nlat * sizeof(uint64_t));
+		nlat += b[q].nlat;
+		free(b[q].lat);
+	}
+	if (!nlat)
+		die("no request completed");
+	qsort(all, nlat, sizeof(*all), cmp_u64);
+	for (k = 0; k < nlat; k++)
+		sum += all[k];
+
+	f = fopen(cfg.out, "a");
+	if (!f)
+		die("%s: %s", cfg.out, strerror(errno));
+	fprintf(f, "{\"mode\": \"%s\", \"rw\": \"%s\", ", cfg.mode, cfg.rw);
+	fprintf(f, "\"qd\": %u, \"queues\": %u, ", cfg.qd, cfg.nq);
+	fprintf(f, "\"iops\": %.0f, ", done * 1e6 / (t1 - t0));
+	fprintf(f, "\"lat_mean_us\": %.2f, ", sum / 1e3 / nlat);
+	fprintf(f, "\"lat_p99_us\": %.2f, ", all[nlat * 99 / 100] / 1e3);
+	fprintf(f, "\"kicks_per_req\": %.4f, ", (double)kicks / done);
+	fprintf(f, "\"signals_per_req\": %.4f, ", (double)calls / done);
+	fprintf(f, "\"module_kicks_per_req\": %.4f, ", (double)mk / done);
+	fprintf(f, "\"module_signals_per_req\": %.4f}\n", (double)ms / done);
+	if (fclose(f))
+		die("%s: %s", cfg.out, strerror(errno));
+	free(all);
+	vmm_close(&v);
+	close(fd);
+	return 0;
+}
