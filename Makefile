@@ -106,10 +106,28 @@ docs:
 bench: bench-host
 	@scripts/bench.sh
 
-bench-host: all
-	$(SELFTESTS)/vm-run -c 2 -m 2G -t 2400 -O $(BUILD)/bench \
-		$(foreach v,BENCH_SECONDS BENCH_POLL_US,$(if $($(v)),-e $(v)=$($(v)))) \
+# bench-host counts instructions per request with a TCG plugin (under
+# software emulation only: a KVM guest gives IOPS alone), built against the
+# plugin API of the QEMU source qemu/build.sh uses.
+BENCH_PLUGIN := $(BUILD)/bench/insn_count.so
+BENCH_INSNS := $(BUILD)/bench/bench-host-insns.jsonl
+BENCH_ACCEL = $(shell $(SELFTESTS)/vm-run -A)
+comma := ,
+
+$(BENCH_PLUGIN): $(SELFTESTS)/insn_count.c $(SELFTESTS)/vbp_mark.h
+	@mkdir -p $(@D)
+	api=$$(qemu/build.sh -p) && \
+		$(CC) -O2 -Wall -shared -fPIC -I"$$api" -o $@ $<
+
+bench-host: all $(BENCH_PLUGIN)
+	rm -rf $(BUILD)/bench/bench-host-raw $(BENCH_INSNS)
+	$(SELFTESTS)/vm-run -c 3 -m 2G -t 3600 -O $(BUILD)/bench/bench-host-raw \
+		-p nohz_full=1-2 \
+		$(if $(filter tcg,$(BENCH_ACCEL)),-a -plugin -a $(BENCH_PLUGIN)$(comma)out=$(BENCH_INSNS)) \
+		$(foreach v,BENCH_SECONDS BENCH_POLL_US BENCH_REPS BENCH_PATHS,$(if $($(v)),-e "$(v)=$($(v))")) \
 		-- $(SELFTESTS)/bench_host.sh
+	scripts/bench_host_report.py $(BUILD)/bench/bench-host-raw \
+		$(BENCH_INSNS) $(BUILD)/bench
 
 # As root: register the modules with DKMS, build and install them for KVER
 # (scripts/dkms.sh; "scripts/dkms.sh remove" takes them out again).

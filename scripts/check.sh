@@ -15,6 +15,9 @@
 #   dkms       dkms.conf: dkms add, build, install and remove of both
 #              modules for the target kernel, in a tree of its own; the
 #              installed modules load in a VM
+#   plugin     the instruction counter of make bench-host: the TCG plugin
+#              counts a loop's instructions and a run of system calls
+#              between two marks exactly
 #   intree     make patches: the series applies to Debian's kernel source
 #              and both drivers build in that tree (W=1, no warning);
 #              the extracted tree is kept in $VBP_CACHE/intree; the
@@ -33,7 +36,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=scripts/env.sh
 . "$here/env.sh"
 
-suites=${CHECK_SUITES:-vmrun kselftest e2e dkms intree}
+suites=${CHECK_SUITES:-vmrun plugin kselftest e2e dkms intree}
 scale=${CHECK_TIME_SCALE:-1}
 [[ "$scale" =~ ^[1-9][0-9]*$ ]] ||
 	{ echo "check: CHECK_TIME_SCALE wants a positive whole number, not '$scale'" >&2; exit 2; }
@@ -404,10 +407,60 @@ suite_intree() {
 	elapsed "intree suite" "$t0"
 }
 
+# plugin_windows FILE: for each pair of marks, the marking vCPU's counts
+# between them: user kernel syscalls irets.
+plugin_windows() {
+	python3 - "$1" <<'EOF2'
+import json, sys
+m = [json.loads(line) for line in open(sys.argv[1])]
+for a, b in zip(m[::2], m[1::2]):
+    c = a["vcpu"]
+    print(*[y - x for x, y in zip(a["cpus"][c], b["cpus"][c])])
+EOF2
+}
+
+suite_plugin() {
+	local t0 so probe res log w u k sc
+
+	t0=$(date +%s)
+	if [ "$("$vmrun" -A)" != tcg ]; then
+		tap ok "plugin: the TCG plugin counts between marks" \
+			"SKIP VMs run under KVM here: TCG plugins count emulated guests only"
+		return
+	fi
+	so=$VBP_BUILD/bench/insn_count.so
+	probe=$st/insn_count_probe
+	res=$out/plugin.jsonl
+	log=$out/plugin.log
+	step "plugin: the TCG plugin builds against QEMU's plugin API" "$log" \
+		make -C "$VBP_ROOT" --no-print-directory "$so" || return
+	: > "$res"
+	expect_run "plugin: a VM runs with the plugin loaded" 0 \
+		'^insn_count_probe: loops 1000000 syscalls 1000$' -c 2 -t 300 \
+		-a -plugin -a "$so,out=$res" -- taskset -c 1 "$probe"
+	mapfile -t w < <(plugin_windows "$res")
+	# The loop: 2 instructions a round, the end mark, the loop's setup.
+	if [ "${#w[@]}" = 2 ] && read -r u k _ _ <<< "${w[0]}" &&
+	   (( u >= 2000001 && u <= 2000008 )); then
+		tap ok "plugin: a loop's user-mode instructions are counted exactly ($u, kernel $k)"
+	else
+		tap "not ok" "plugin: a loop's user-mode instructions are counted exactly" \
+			"windows: ${w[*]:-none}"
+	fi
+	if [ "${#w[@]}" = 2 ] && read -r _ _ sc _ <<< "${w[1]}" && [ "$sc" = 1000 ]; then
+		tap ok "plugin: 1000 system calls are counted as 1000"
+	else
+		tap "not ok" "plugin: 1000 system calls are counted as 1000" \
+			"windows: ${w[*]:-none}"
+	fi
+	elapsed "plugin suite" "$t0"
+}
+
 echo "TAP version 13"
 for s in $suites; do
 	case "$s" in
 	vmrun) suite_vmrun ;;
+	plugin) suite_plugin ;;
 	kselftest) suite_kselftest ;;
 	e2e) suite_e2e ;;
 	dkms) suite_dkms ;;

@@ -7,12 +7,22 @@
  *                      vrings poll for VBP_BENCH_POLL_US, default 100) or
  *                      notify (kicks, interrupts, no polling)
  *   VBP_BENCH_RW       randread or randwrite
- *   VBP_BENCH_QD       requests in flight per queue (default 1)
+ *   VBP_BENCH_QD       requests in flight per queue (default 1); 0: one
+ *                      request, then the rings poll with nothing to do (the
+ *                      cost of an idle pass, for make bench-host)
  *   VBP_BENCH_QUEUES   queues (default 1)
- *   VBP_BENCH_SECONDS  length of the run (default 5)
+ *   VBP_BENCH_WARMUP   seconds of I/O before the measured window (default 0)
+ *   VBP_BENCH_SECONDS  length of the measured window (default 5)
+ *   VBP_BENCH_CPUS     MAIN,GUEST,HOST: the CPUs of this program's main
+ *                      thread (which sets the marks), of the queues'
+ *                      threads and of the vrings' workers; default: no
+ *                      pinning but vring q's worker on CPU q + 1
  *   VBP_BENCH_OUT      file the result is appended to, one JSON object
  *   VBP_TEST_BDEV      the block device the device serves
- * Each vring gets a worker of its own, pinned to a CPU of its own.
+ * Each vring gets a worker of its own.  The window lies between two marks
+ * for the TCG plugin insn_count.c (vbp_mark.h); the result has the
+ * window's requests, the guest's empty polls of its used ring (spins), its
+ * kicks and interrupts, and the module's counters.
  *
  * Exits 0 with the result written, 1 when the run fails, 2 when it is not
  * configured (a variable missing or wrong).
@@ -30,12 +40,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/ioctl.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <linux/fs.h>
 
+#include "vbp_mark.h"
 #include "vmm.h"
 
 #define BENCH_MAX_LAT	(1024 * 1024)	/* latencies kept per queue */
@@ -46,13 +58,15 @@ struct bench_q {
 	unsigned int qd;
 	bool write;
 	bool poll;		/* the guest polls and wants no interrupts */
-	int64_t end_us;
+	int cpu;		/* of the thread, or -1 */
+	bool stop;		/* set by the main thread */
 	uint64_t hdrs, sts, data;
 	uint64_t nblocks;	/* 4 KiB blocks of the device */
 	uint64_t seed;
 	int64_t start_ns[QSIZE];
-	/* Results. */
+	/* Results, read by the main thread while the queue runs. */
 	uint64_t done;
+	uint64_t spins;		/* polls of the used ring that found none */
 	uint64_t kicks;
 	uint64_t calls;
 	uint64_t *lat;		/* ns */
@@ -70,8 +84,10 @@ struct bench {
 	bool write;
 	unsigned int qd;
 	unsigned int nq;
+	unsigned int warmup;
 	unsigned int secs;
 	unsigned int poll_us;
+	int cpu_main, cpu_guest, cpu_host;	/* -1: not pinned */
 };
 
 static void print_usage(FILE *f)
@@ -88,7 +104,8 @@ static void print_usage(FILE *f)
 /* Exits 2 when the environment does not make a run. */
 static void bench_config(struct bench *b)
 {
-	const char *missing = NULL;
+	const char *missing = NULL, *cpus;
+	char end;
 
 	b->out = getenv("VBP_BENCH_OUT");
 	b->mode = getenv("VBP_BENCH_MODE");
@@ -112,7 +129,17 @@ static void bench_config(struct bench *b)
 	b->write = !strcmp(b->rw, "randwrite");
 	b->qd = env_uint("VBP_BENCH_QD", 1);
 	b->nq = env_uint("VBP_BENCH_QUEUES", 1);
+	b->warmup = env_uint("VBP_BENCH_WARMUP", 0);
 	b->secs = env_uint("VBP_BENCH_SECONDS", 5);
+	b->cpu_main = b->cpu_guest = b->cpu_host = -1;
+	cpus = getenv("VBP_BENCH_CPUS");
+	if (cpus && *cpus &&
+	    sscanf(cpus, "%d,%d,%d%c", &b->cpu_main, &b->cpu_guest,
+		   &b->cpu_host, &end) != 3) {
+		fprintf(stderr, "vhost_blk_bench: VBP_BENCH_CPUS=%s: MAIN,GUEST,HOST\n",
+			cpus);
+		exit(2);
+	}
 	b->poll_us = env_uint("VBP_BENCH_POLL_US", 100);
 	if (!b->poll && strcmp(b->mode, "notify")) {
 		fprintf(stderr, "vhost_blk_bench: VBP_BENCH_MODE=%s: poll or notify\n",
@@ -124,8 +151,8 @@ static void bench_config(struct bench *b)
 			b->rw);
 		exit(2);
 	}
-	if (!b->qd || b->qd > QSIZE / 3) {
-		fprintf(stderr, "vhost_blk_bench: VBP_BENCH_QD=%u: 1 to %u\n",
+	if (b->qd > QSIZE / 3) {
+		fprintf(stderr, "vhost_blk_bench: VBP_BENCH_QD=%u: 0 to %u\n",
 			b->qd, QSIZE / 3);
 		exit(2);
 	}
@@ -176,6 +203,12 @@ static void bench_submit(struct bench_q *b, unsigned int slot)
 		b->err = ENOSPC;
 }
 
+/* A counter of the queue's thread, which the main thread reads. */
+static void count(uint64_t *c, uint64_t n)
+{
+	__atomic_store_n(c, *c + n, __ATOMIC_RELAXED);
+}
+
 static void *bench_queue(void *arg)
 {
 	struct bench_q *b = arg;
@@ -186,10 +219,21 @@ static void *bench_queue(void *arg)
 	uint64_t cnt;
 	struct used u;
 
-	for (i = 0; i < b->qd; i++)
+	if (b->cpu >= 0) {
+		cpu_set_t set;
+
+		CPU_ZERO(&set);
+		CPU_SET(b->cpu, &set);
+		if (sched_setaffinity(0, sizeof(set), &set)) {
+			b->err = errno;
+			return NULL;
+		}
+	}
+	/* Queue depth 0: one request, to start the ring's polling. */
+	for (i = 0; i < (b->qd ? b->qd : 1); i++)
 		bench_submit(b, i);
-	b->kicks += vq_kick(v, b->q);
-	while (!b->err && now_us() < b->end_us) {
+	count(&b->kicks, vq_kick(v, b->q));
+	while (!b->err && !__atomic_load_n(&b->stop, __ATOMIC_RELAXED)) {
 		got = 0;
 		while (vq_get_used(v, b->q, &u) == 1) {
 			if (*gptr(v, b->sts + u.tag) != VIRTIO_BLK_S_OK)
@@ -197,28 +241,51 @@ static void *bench_queue(void *arg)
 			if (b->nlat < BENCH_MAX_LAT)
 				b->lat[b->nlat++] = now_ns() -
 						    b->start_ns[u.tag];
-			b->done++;
-			bench_submit(b, u.tag);
+			count(&b->done, 1);
+			if (b->qd)
+				bench_submit(b, u.tag);
 			got++;
 		}
 		if (got) {
-			b->kicks += vq_kick(v, b->q);
+			count(&b->kicks, vq_kick(v, b->q));
 			continue;
 		}
-		if (b->poll)
+		if (b->poll) {
+			count(&b->spins, 1);
 			continue;
+		}
 		/* Ask for an interrupt and sleep on it. */
 		__atomic_thread_fence(__ATOMIC_SEQ_CST);
 		if (vq_has_used(vq))
 			continue;
 		if (poll(&pfd, 1, 10) == 1 &&
 		    read(vq->call, &cnt, sizeof(cnt)) == sizeof(cnt))
-			b->calls += cnt;
+			count(&b->calls, cnt);
 	}
 	/* Interrupts the device sent that nobody waited for. */
 	if (read(vq->call, &cnt, sizeof(cnt)) == sizeof(cnt))
-		b->calls += cnt;
+		count(&b->calls, cnt);
 	return NULL;
+}
+
+/* The queues' counters at one end of the measured window. */
+struct window {
+	int64_t ns;
+	uint64_t done, spins, kicks, calls;
+};
+
+static void snap(struct bench_q *b, unsigned int nq, struct window *w)
+{
+	unsigned int q;
+
+	memset(w, 0, sizeof(*w));
+	for (q = 0; q < nq; q++) {
+		w->done += __atomic_load_n(&b[q].done, __ATOMIC_RELAXED);
+		w->spins += __atomic_load_n(&b[q].spins, __ATOMIC_RELAXED);
+		w->kicks += __atomic_load_n(&b[q].kicks, __ATOMIC_RELAXED);
+		w->calls += __atomic_load_n(&b[q].calls, __ATOMIC_RELAXED);
+	}
+	w->ns = now_ns();
 }
 
 static int cmp_u64(const void *a, const void *b)
@@ -233,9 +300,9 @@ int main(int argc, char **argv)
 	struct bench cfg;
 	struct vmm v = { 0 };
 	struct bench_q b[MAX_QUEUES] = { 0 };
-	struct vq_stats st0[MAX_QUEUES], st1[MAX_QUEUES];
-	unsigned long long mk = 0, ms = 0;
-	uint64_t done = 0, kicks = 0, calls = 0, sum = 0, size, *all;
+	struct vq_stats st0[MAX_QUEUES], st1[MAX_QUEUES], mod = { 0 };
+	struct window w0, w1;
+	uint64_t done, sum = 0, size, *all;
 	pthread_t th[MAX_QUEUES];
 	size_t nlat = 0, k;
 	int64_t t0, t1;
@@ -250,15 +317,17 @@ int main(int argc, char **argv)
 		return help ? 0 : 2;
 	}
 	bench_config(&cfg);
+	if (getenv("VBP_BENCH_VHOST_USER") && *getenv("VBP_BENCH_VHOST_USER"))
+		die("VBP_BENCH_VHOST_USER: no vhost-user transport");
 
 	fd = open(cfg.bdev, O_RDWR | O_CLOEXEC);
 	if (fd < 0)
 		die("%s: %s", cfg.bdev, strerror(errno));
 	if (ioctl(fd, BLKGETSIZE64, &size))
 		die("%s: BLKGETSIZE64: %s", cfg.bdev, strerror(errno));
-	ret = vmm_init(&v, false, false);
+	ret = vmm_open_kernel(&v, false, false);
 	if (ret)
-		die("vmm_init: %s", strerror(-ret));
+		die("vmm_open_kernel: %s", strerror(-ret));
 	if (cfg.nq > v.nq)
 		die("VBP_BENCH_QUEUES=%u: the device has %u queues", cfg.nq,
 		    v.nq);
@@ -272,8 +341,8 @@ int main(int argc, char **argv)
 		ret = vmm_new_worker(&v, q);
 		if (ret)
 			die("vring %u: a worker: %s", q, strerror(-ret));
-		ret = vmm_set_vring_cpu(&v, q, (q + 1) %
-					sysconf(_SC_NPROCESSORS_ONLN));
+		ret = vmm_set_vring_cpu(&v, q, cfg.cpu_host >= 0 ? cfg.cpu_host :
+					(q + 1) % sysconf(_SC_NPROCESSORS_ONLN));
 		if (ret)
 			die("vring %u: pinning: %s", q, strerror(-ret));
 		ret = vmm_set_poll_us(&v, q, cfg.poll ? cfg.poll_us : 0);
@@ -288,25 +357,48 @@ int main(int argc, char **argv)
 		b[q].qd = cfg.qd;
 		b[q].write = cfg.write;
 		b[q].poll = cfg.poll;
+		b[q].cpu = cfg.cpu_guest;
 		b[q].nblocks = size / 4096;
 		b[q].seed = mix64(q + 1);
-		b[q].hdrs = galloc(&v, 0, HDR_SIZE * cfg.qd, 64);
-		b[q].sts = galloc(&v, 0, cfg.qd, 64);
-		b[q].data = galloc(&v, q & 1, 4096ULL * cfg.qd, 4096);
+		b[q].hdrs = galloc(&v, 0, HDR_SIZE * QSIZE / 3, 64);
+		b[q].sts = galloc(&v, 0, QSIZE / 3, 64);
+		b[q].data = galloc(&v, q & 1, 4096ULL * QSIZE / 3, 4096);
 		b[q].lat = calloc(BENCH_MAX_LAT, sizeof(uint64_t));
 		if (!b[q].lat)
 			die("out of memory");
+	}
+
+	if (cfg.cpu_main >= 0) {
+		cpu_set_t set;
+
+		/* After pinning the workers: the caller's CPUs bound those. */
+		CPU_ZERO(&set);
+		CPU_SET(cfg.cpu_main, &set);
+		if (sched_setaffinity(0, sizeof(set), &set))
+			die("CPU %d: %s", cfg.cpu_main, strerror(errno));
+	}
+	t0 = now_us();
+	for (q = 0; q < cfg.nq; q++) {
+		ret = pthread_create(&th[q], NULL, bench_queue, &b[q]);
+		if (ret)
+			die("pthread_create: %s", strerror(ret));
+	}
+	sleep(cfg.warmup);
+	for (q = 0; q < cfg.nq; q++) {
 		ret = vmm_read_stats(&v, q, &st0[q]);
 		if (ret)
 			die("vring %u: statistics: %s", q, strerror(-ret));
 	}
-
-	t0 = now_us();
+	snap(b, cfg.nq, &w0);
+	vbp_mark_start();
+	sleep(cfg.secs);
+	vbp_mark_end();
+	snap(b, cfg.nq, &w1);
 	for (q = 0; q < cfg.nq; q++) {
-		b[q].end_us = t0 + cfg.secs * 1000000LL;
-		ret = pthread_create(&th[q], NULL, bench_queue, &b[q]);
+		ret = vmm_read_stats(&v, q, &st1[q]);
 		if (ret)
-			die("pthread_create: %s", strerror(ret));
+			die("vring %u: statistics: %s", q, strerror(-ret));
+		__atomic_store_n(&b[q].stop, true, __ATOMIC_RELAXED);
 	}
 	for (q = 0; q < cfg.nq; q++)
 		pthread_join(th[q], NULL);
@@ -318,14 +410,12 @@ int main(int argc, char **argv)
 	for (q = 0; q < cfg.nq; q++) {
 		if (b[q].err)
 			die("queue %u: %s", q, strerror(b[q].err));
-		ret = vmm_read_stats(&v, q, &st1[q]);
-		if (ret)
-			die("vring %u: statistics: %s", q, strerror(-ret));
-		done += b[q].done;
-		kicks += b[q].kicks;
-		calls += b[q].calls;
-		mk += st1[q].kicks - st0[q].kicks;
-		ms += st1[q].signals - st0[q].signals;
+		mod.requests += st1[q].requests - st0[q].requests;
+		mod.kicks += st1[q].kicks - st0[q].kicks;
+		mod.signals += st1[q].signals - st0[q].signals;
+		mod.busy += st1[q].busy - st0[q].busy;
+		mod.idle += st1[q].idle - st0[q].idle;
+		mod.polled += st1[q].polled - st0[q].polled;
 		memcpy(all + nlat, b[q].lat, b[q].nlat * sizeof(uint64_t));
 		nlat += b[q].nlat;
 		free(b[q].lat);
@@ -335,19 +425,31 @@ int main(int argc, char **argv)
 	qsort(all, nlat, sizeof(*all), cmp_u64);
 	for (k = 0; k < nlat; k++)
 		sum += all[k];
+	done = w1.done - w0.done;
 
 	f = fopen(cfg.out, "a");
 	if (!f)
 		die("%s: %s", cfg.out, strerror(errno));
-	fprintf(f, "{\"mode\": \"%s\", \"rw\": \"%s\", ", cfg.mode, cfg.rw);
+	fprintf(f, "{\"transport\": \"vhost-kernel\", ");
+	fprintf(f, "\"mode\": \"%s\", \"rw\": \"%s\", ", cfg.mode, cfg.rw);
 	fprintf(f, "\"qd\": %u, \"queues\": %u, ", cfg.qd, cfg.nq);
-	fprintf(f, "\"iops\": %.0f, ", done * 1e6 / (t1 - t0));
+	fprintf(f, "\"seconds\": %.3f, ", (t1 - t0) / 1e6);
+	fprintf(f, "\"window_ns\": %lld, ", (long long)(w1.ns - w0.ns));
+	fprintf(f, "\"requests\": %llu, ", (unsigned long long)done);
+	fprintf(f, "\"spins\": %llu, ",
+		(unsigned long long)(w1.spins - w0.spins));
 	fprintf(f, "\"lat_mean_us\": %.2f, ", sum / 1e3 / nlat);
 	fprintf(f, "\"lat_p99_us\": %.2f, ", all[nlat * 99 / 100] / 1e3);
-	fprintf(f, "\"kicks_per_req\": %.4f, ", (double)kicks / done);
-	fprintf(f, "\"signals_per_req\": %.4f, ", (double)calls / done);
-	fprintf(f, "\"module_kicks_per_req\": %.4f, ", (double)mk / done);
-	fprintf(f, "\"module_signals_per_req\": %.4f}\n", (double)ms / done);
+	fprintf(f, "\"kicks_per_req\": %.4f, ",
+		done ? (double)(w1.kicks - w0.kicks) / done : 0.0);
+	fprintf(f, "\"signals_per_req\": %.4f, ",
+		done ? (double)(w1.calls - w0.calls) / done : 0.0);
+	fprintf(f, "\"module\": {\"requests\": %llu, \"kicks\": %llu, ",
+		mod.requests, mod.kicks);
+	fprintf(f, "\"signals\": %llu, \"busy_passes\": %llu, ",
+		mod.signals, mod.busy);
+	fprintf(f, "\"idle_passes\": %llu, \"polled\": %llu}}\n",
+		mod.idle, mod.polled);
 	if (fclose(f))
 		die("%s: %s", cfg.out, strerror(errno));
 	free(all);
