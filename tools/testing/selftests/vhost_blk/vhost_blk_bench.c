@@ -131,7 +131,9 @@ static void bench_config(struct bench *b)
 	b->nq = env_uint("VBP_BENCH_QUEUES", 1);
 	b->warmup = env_uint("VBP_BENCH_WARMUP", 0);
 	b->secs = env_uint("VBP_BENCH_SECONDS", 5);
-	b->cpu_main = b->cpu_guest = b->cpu_host = -1;
+	b->cpu_main = -1;
+	b->cpu_guest = -1;
+	b->cpu_host = -1;
 	cpus = getenv("VBP_BENCH_CPUS");
 	if (cpus && *cpus &&
 	    sscanf(cpus, "%d,%d,%d%c", &b->cpu_main, &b->cpu_guest,
