@@ -125,7 +125,9 @@ fio_run() {
 	local rep=$1 path=$2 rw=$3 qd=$4 hipri=0 pid
 
 	[ "$path" = native-poll ] && hipri=1
-	taskset -c "$guest" fio --name=bench --filename="$nullb" \
+	# fio's main process stays off the guest CPU, its job alone there.
+	taskset -c "$hk" fio --name=bench --filename="$nullb" \
+		--cpus_allowed="$guest" \
 		--ioengine=io_uring --direct=1 --rw="$rw" --bs=4k \
 		--iodepth="$qd" --hipri="$hipri" --time_based \
 		--runtime=$((warm + secs + 1)) --lat_percentiles=1 \
