@@ -327,9 +327,9 @@ int main(int argc, char **argv)
 		die("%s: %s", cfg.bdev, strerror(errno));
 	if (ioctl(fd, BLKGETSIZE64, &size))
 		die("%s: BLKGETSIZE64: %s", cfg.bdev, strerror(errno));
-	ret = vmm_open_kernel(&v, false, false);
+	ret = vmm_init(&v, false, false);
 	if (ret)
-		die("vmm_open_kernel: %s", strerror(-ret));
+		die("vmm_init: %s", strerror(-ret));
 	if (cfg.nq > v.nq)
 		die("VBP_BENCH_QUEUES=%u: the device has %u queues", cfg.nq,
 		    v.nq);
