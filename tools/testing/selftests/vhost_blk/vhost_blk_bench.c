@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * The host-side benchmark (make bench-host, bench_host.sh): the mini-VMM
- * (vmm.h) as a guest doing 4 KiB random I/O on /dev/vhost-blk-poll, one
- * thread per queue.  Measures, asserts nothing.  Set by the environment:
+ * (vmm.h) as a guest doing 4 KiB random I/O on /dev/vhost-blk-poll or on a
+ * vhost-user back-end, one thread per queue.  Measures, asserts nothing.
+ * Set by the environment:
  *   VBP_BENCH_MODE     poll (the guest polls and asks for no interrupts, the
  *                      vrings poll for VBP_BENCH_POLL_US, default 100) or
  *                      notify (kicks, interrupts, no polling)
@@ -19,10 +20,17 @@
  *                      pinning but vring q's worker on CPU q + 1
  *   VBP_BENCH_OUT      file the result is appended to, one JSON object
  *   VBP_TEST_BDEV      the block device the device serves
+ *   VBP_BENCH_VHOST_USER  the socket of a vhost-user back-end to use
+ *                      instead of /dev/vhost-blk-poll (and VBP_TEST_BDEV):
+ *                      its configuration space gives the capacity; the
+ *                      module's operations (workers, pinning, poll budgets,
+ *                      counters) are not there, the host side is the
+ *                      back-end's, and a poll run's guest polls alone
  * Each vring gets a worker of its own.  The window lies between two marks
  * for the TCG plugin insn_count.c (vbp_mark.h); the result has the
- * window's requests, the guest's empty polls of its used ring (spins), its
- * kicks and interrupts, and the module's counters.
+ * transport, the window's requests, the guest's empty polls of its used
+ * ring (spins), its kicks and interrupts, and the module's counters (null
+ * over vhost-user).
  *
  * Exits 0 with the result written, 1 when the run fails, 2 when it is not
  * configured (a variable missing or wrong).
@@ -80,6 +88,7 @@ struct bench {
 	const char *mode;
 	const char *rw;
 	const char *bdev;
+	const char *vu;		/* the vhost-user socket, or NULL */
 	bool poll;
 	bool write;
 	unsigned int qd;
@@ -96,6 +105,8 @@ static void print_usage(FILE *f)
 		"usage: VBP_BENCH_MODE=poll|notify VBP_BENCH_RW=randread|randwrite \\\n"
 		"       VBP_BENCH_OUT=FILE VBP_TEST_BDEV=DEV [VBP_BENCH_QD=N] \\\n"
 		"       [VBP_BENCH_QUEUES=N] [VBP_BENCH_SECONDS=N] [VBP_BENCH_POLL_US=N] \\\n"
+		"       [VBP_BENCH_WARMUP=N] [VBP_BENCH_CPUS=MAIN,GUEST,HOST] \\\n"
+		"       [VBP_BENCH_VHOST_USER=SOCKET (instead of VBP_TEST_BDEV)] \\\n"
 		"       vhost_blk_bench\n"
 		"One run of the host-side benchmark; bench_host.sh (make bench-host)\n"
 		"runs it.  Appends one JSON object to VBP_BENCH_OUT.\n");
@@ -111,14 +122,17 @@ static void bench_config(struct bench *b)
 	b->mode = getenv("VBP_BENCH_MODE");
 	b->rw = getenv("VBP_BENCH_RW");
 	b->bdev = getenv("VBP_TEST_BDEV");
+	b->vu = getenv("VBP_BENCH_VHOST_USER");
+	if (b->vu && !*b->vu)
+		b->vu = NULL;
 	if (!b->out || !*b->out)
 		missing = "VBP_BENCH_OUT";
 	else if (!b->mode || !*b->mode)
 		missing = "VBP_BENCH_MODE";
 	else if (!b->rw || !*b->rw)
 		missing = "VBP_BENCH_RW";
-	else if (!b->bdev || !*b->bdev)
-		missing = "VBP_TEST_BDEV";
+	else if (!b->vu && (!b->bdev || !*b->bdev))
+		missing = "VBP_TEST_BDEV (or VBP_BENCH_VHOST_USER)";
 	if (missing) {
 		fprintf(stderr, "vhost_blk_bench: not configured: %s is not set\n",
 			missing);
@@ -290,6 +304,27 @@ static void snap(struct bench_q *b, unsigned int nq, struct window *w)
 	w->ns = now_ns();
 }
 
+/*
+ * What only /dev/vhost-blk-poll has, for vring q: a worker of its own,
+ * pinned to a CPU of its own, and the poll budget.
+ */
+static void kernel_vring(struct vmm *v, const struct bench *cfg,
+			 unsigned int q)
+{
+	int ret;
+
+	ret = vmm_new_worker(v, q);
+	if (ret)
+		die("vring %u: a worker: %s", q, strerror(-ret));
+	ret = vmm_set_vring_cpu(v, q, cfg->cpu_host >= 0 ? cfg->cpu_host :
+				(q + 1) % sysconf(_SC_NPROCESSORS_ONLN));
+	if (ret)
+		die("vring %u: pinning: %s", q, strerror(-ret));
+	ret = vmm_set_poll_us(v, q, cfg->poll ? cfg->poll_us : 0);
+	if (ret)
+		die("vring %u: poll budget: %s", q, strerror(-ret));
+}
+
 static int cmp_u64(const void *a, const void *b)
 {
 	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
@@ -309,7 +344,7 @@ int main(int argc, char **argv)
 	size_t nlat = 0, k;
 	int64_t t0, t1;
 	unsigned int q;
-	int fd, ret;
+	int fd = -1, ret;
 	FILE *f;
 
 	if (argc > 1) {
@@ -319,17 +354,21 @@ int main(int argc, char **argv)
 		return help ? 0 : 2;
 	}
 	bench_config(&cfg);
-	if (getenv("VBP_BENCH_VHOST_USER") && *getenv("VBP_BENCH_VHOST_USER"))
-		die("VBP_BENCH_VHOST_USER: no vhost-user transport");
 
-	fd = open(cfg.bdev, O_RDWR | O_CLOEXEC);
-	if (fd < 0)
-		die("%s: %s", cfg.bdev, strerror(errno));
-	if (ioctl(fd, BLKGETSIZE64, &size))
-		die("%s: BLKGETSIZE64: %s", cfg.bdev, strerror(errno));
-	ret = vmm_init(&v, false, false);
-	if (ret)
-		die("vmm_init: %s", strerror(-ret));
+	if (cfg.vu) {
+		ret = vmm_open_vhost_user(&v, cfg.vu, false, false);
+		if (ret)
+			die("vhost-user %s: %s", cfg.vu, strerror(-ret));
+	} else {
+		fd = open(cfg.bdev, O_RDWR | O_CLOEXEC);
+		if (fd < 0)
+			die("%s: %s", cfg.bdev, strerror(errno));
+		if (ioctl(fd, BLKGETSIZE64, &size))
+			die("%s: BLKGETSIZE64: %s", cfg.bdev, strerror(errno));
+		ret = vmm_open_kernel(&v, false, false);
+		if (ret)
+			die("vmm_open_kernel: %s", strerror(-ret));
+	}
 	if (cfg.nq > v.nq)
 		die("VBP_BENCH_QUEUES=%u: the device has %u queues", cfg.nq,
 		    v.nq);
@@ -337,19 +376,21 @@ int main(int argc, char **argv)
 	ret = vmm_start(&v, fd);
 	if (ret)
 		die("vmm_start: %s", strerror(-ret));
+	if (cfg.vu) {
+		struct virtio_blk_config c;
+
+		ret = vmm_get_config(&v, &c, sizeof(c.capacity));
+		if (ret)
+			die("vhost-user %s: the capacity: %s", cfg.vu,
+			    strerror(-ret));
+		size = le64toh(c.capacity) * SECTOR;
+	}
+	if (size < 4096)
+		die("a device of %llu bytes", (unsigned long long)size);
 
 	for (q = 0; q < cfg.nq; q++) {
-		/* A worker per vring, pinned to a CPU of its own. */
-		ret = vmm_new_worker(&v, q);
-		if (ret)
-			die("vring %u: a worker: %s", q, strerror(-ret));
-		ret = vmm_set_vring_cpu(&v, q, cfg.cpu_host >= 0 ? cfg.cpu_host :
-					(q + 1) % sysconf(_SC_NPROCESSORS_ONLN));
-		if (ret)
-			die("vring %u: pinning: %s", q, strerror(-ret));
-		ret = vmm_set_poll_us(&v, q, cfg.poll ? cfg.poll_us : 0);
-		if (ret)
-			die("vring %u: poll budget: %s", q, strerror(-ret));
+		if (!cfg.vu)
+			kernel_vring(&v, &cfg, q);
 		if (cfg.poll)
 			v.vq[q].avail->flags =
 				htole16(VRING_AVAIL_F_NO_INTERRUPT);
@@ -386,7 +427,7 @@ int main(int argc, char **argv)
 			die("pthread_create: %s", strerror(ret));
 	}
 	sleep(cfg.warmup);
-	for (q = 0; q < cfg.nq; q++) {
+	for (q = 0; q < cfg.nq && !cfg.vu; q++) {
 		ret = vmm_read_stats(&v, q, &st0[q]);
 		if (ret)
 			die("vring %u: statistics: %s", q, strerror(-ret));
@@ -397,7 +438,7 @@ int main(int argc, char **argv)
 	vbp_mark_end();
 	snap(b, cfg.nq, &w1);
 	for (q = 0; q < cfg.nq; q++) {
-		ret = vmm_read_stats(&v, q, &st1[q]);
+		ret = cfg.vu ? 0 : vmm_read_stats(&v, q, &st1[q]);
 		if (ret)
 			die("vring %u: statistics: %s", q, strerror(-ret));
 		__atomic_store_n(&b[q].stop, true, __ATOMIC_RELAXED);
@@ -412,15 +453,17 @@ int main(int argc, char **argv)
 	for (q = 0; q < cfg.nq; q++) {
 		if (b[q].err)
 			die("queue %u: %s", q, strerror(b[q].err));
+		memcpy(all + nlat, b[q].lat, b[q].nlat * sizeof(uint64_t));
+		nlat += b[q].nlat;
+		free(b[q].lat);
+		if (cfg.vu)
+			continue;
 		mod.requests += st1[q].requests - st0[q].requests;
 		mod.kicks += st1[q].kicks - st0[q].kicks;
 		mod.signals += st1[q].signals - st0[q].signals;
 		mod.busy += st1[q].busy - st0[q].busy;
 		mod.idle += st1[q].idle - st0[q].idle;
 		mod.polled += st1[q].polled - st0[q].polled;
-		memcpy(all + nlat, b[q].lat, b[q].nlat * sizeof(uint64_t));
-		nlat += b[q].nlat;
-		free(b[q].lat);
 	}
 	if (!nlat)
 		die("no request completed");
@@ -432,7 +475,7 @@ int main(int argc, char **argv)
 	f = fopen(cfg.out, "a");
 	if (!f)
 		die("%s: %s", cfg.out, strerror(errno));
-	fprintf(f, "{\"transport\": \"vhost-kernel\", ");
+	fprintf(f, "{\"transport\": \"%s\", ", v.t->name);
 	fprintf(f, "\"mode\": \"%s\", \"rw\": \"%s\", ", cfg.mode, cfg.rw);
 	fprintf(f, "\"qd\": %u, \"queues\": %u, ", cfg.qd, cfg.nq);
 	fprintf(f, "\"seconds\": %.3f, ", (t1 - t0) / 1e6);
@@ -446,16 +489,21 @@ int main(int argc, char **argv)
 		done ? (double)(w1.kicks - w0.kicks) / done : 0.0);
 	fprintf(f, "\"signals_per_req\": %.4f, ",
 		done ? (double)(w1.calls - w0.calls) / done : 0.0);
-	fprintf(f, "\"module\": {\"requests\": %llu, \"kicks\": %llu, ",
-		mod.requests, mod.kicks);
-	fprintf(f, "\"signals\": %llu, \"busy_passes\": %llu, ",
-		mod.signals, mod.busy);
-	fprintf(f, "\"idle_passes\": %llu, \"polled\": %llu}}\n",
-		mod.idle, mod.polled);
+	if (cfg.vu) {
+		fprintf(f, "\"module\": null}\n");
+	} else {
+		fprintf(f, "\"module\": {\"requests\": %llu, \"kicks\": %llu, ",
+			mod.requests, mod.kicks);
+		fprintf(f, "\"signals\": %llu, \"busy_passes\": %llu, ",
+			mod.signals, mod.busy);
+		fprintf(f, "\"idle_passes\": %llu, \"polled\": %llu}}\n",
+			mod.idle, mod.polled);
+	}
 	if (fclose(f))
 		die("%s: %s", cfg.out, strerror(errno));
 	free(all);
 	vmm_close(&v);
-	close(fd);
+	if (fd >= 0)
+		close(fd);
 	return 0;
 }

@@ -1069,7 +1069,7 @@ FIXTURE_SETUP(fuzz)
 	TH_LOG("VBP_FUZZ_SEED=%llu on %s", (unsigned long long)f->rnd,
 	       c->be.bdev ? getenv("VBP_TEST_BDEV") : "a file");
 
-	ASSERT_OK(vmm_init(&c->v, false, false));
+	ASSERT_OK(vmm_open_kernel(&c->v, false, false));
 	ctx_scratch(c);
 	for (q = 0; q < MAX_QUEUES; q++) {
 		for (i = 0; i < FZ_SLOTS; i++) {

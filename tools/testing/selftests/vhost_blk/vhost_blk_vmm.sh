@@ -3,7 +3,8 @@
 #
 # The mini-VMM tests (vhost_blk_vmm_test) on every kind of backend: a
 # regular file on tmpfs, a memory-backed null_blk, a brd RAM disk and a loop
-# device.
+# device; and the same guest side over vhost-user, against
+# qemu-storage-daemon's vhost-user-blk export of a file.
 
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -13,6 +14,7 @@ VMM_TEST=$VBP_SELFTEST_DIR/vhost_blk_vmm_test
 rc=0
 tmp=$(mktemp -d)
 loopdev=
+qsd=
 
 nullb=$VBP_NULLB_CONFIG/vbpbad
 # The polled null_blk, in MiB, the size of the other disks.
@@ -20,6 +22,7 @@ NULLB_MIB=64
 
 # shellcheck disable=SC2317 # called by the trap
 cleanup() {
+	[ -n "$qsd" ] && kill "$qsd" && wait "$qsd"
 	[ -n "$loopdev" ] && losetup -d "$loopdev"
 	vbp_nullb_remove vbpbad
 	vbp_nullb_remove vbppoll
@@ -49,6 +52,33 @@ run() {
 }
 
 run "file on tmpfs" file VBP_TEST_DIR="$tmp"
+
+# vhost-user: qemu-storage-daemon serves a file on tmpfs, two queues; the
+# tests check the file directly.  Sockets that are not vhost-user need no
+# daemon.
+echo "# backend: vhost-user, qemu-storage-daemon"
+if command -v qemu-storage-daemon >/dev/null; then
+	truncate -s 64M "$tmp/vu.img"
+	qemu-storage-daemon \
+		--blockdev "driver=file,node-name=disk,filename=$tmp/vu.img,cache.direct=on,aio=native,locking=off" \
+		--export "type=vhost-user-blk,id=vu,node-name=disk,addr.type=unix,addr.path=$tmp/vu.sock,writable=on,num-queues=2" \
+		> "$tmp/qsd.log" 2>&1 &
+	qsd=$!
+	if vbp_wait_for "$tmp/vu.sock"; then
+		VBP_TEST_DIR="$tmp" VBP_TEST_VHOST_USER="$tmp/vu.sock" \
+			VBP_TEST_VHOST_USER_IMG="$tmp/vu.img" \
+			"$VMM_TEST" -f vhost_user -f vhost_user_bad || rc=$KSFT_FAIL
+	else
+		echo "# qemu-storage-daemon did not start:"
+		sed 's/^/#   /' "$tmp/qsd.log"
+		rc=$KSFT_FAIL
+	fi
+	kill "$qsd" && wait "$qsd"
+	qsd=
+else
+	echo "# SKIP vhost-user with qemu-storage-daemon: not installed (make deps)"
+	VBP_TEST_DIR="$tmp" "$VMM_TEST" -f vhost_user_bad || rc=$KSFT_FAIL
+fi
 
 # Two submission queues and two poll queues: per-CPU hctxs, polled I/O.
 vbp_polled_nullb vbppoll $NULLB_MIB || exit "$KSFT_FAIL"

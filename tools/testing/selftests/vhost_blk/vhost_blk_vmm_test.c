@@ -4,12 +4,16 @@
  * test lays split virtqueues out in guest memory, negotiates the features,
  * attaches a backing file or block device and checks what the device does
  * with well-formed and malformed requests, byte for byte against the
- * backing store.
+ * backing store.  The same guest side over vhost-user (fixture vhost_user),
+ * and sockets that are no vhost-user back-end (vhost_user_bad).
  *
- * Needs root and the module loaded.  Environment:
+ * Needs root and the module loaded (not the vhost_user tests).  Environment:
  *   VBP_TEST_DIR   directory for the 64 MiB backing file (default /tmp)
  *   VBP_TEST_BDEV  a block device the tests may overwrite (32 MiB at least);
  *                  without it the block-device variants are skipped
+ *   VBP_TEST_VHOST_USER, VBP_TEST_VHOST_USER_IMG
+ *                  the socket of a vhost-user-blk back-end and the file it
+ *                  serves; without them the vhost_user tests are skipped
  */
 
 #define _GNU_SOURCE
@@ -23,6 +27,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,9 +35,11 @@
 #include <sys/eventfd.h>
 #include <sys/inotify.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/types.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -111,7 +118,8 @@ FIXTURE_SETUP(vmm)
 	c->cap = c->be.size / SECTOR;
 	c->seed = mix64(now_us() ^ ((uint64_t)getpid() << 32));
 
-	ASSERT_OK(vmm_init(v, variant->event_idx, variant->indirect));
+	ASSERT_OK(vmm_open_kernel(v, variant->event_idx,
+				  variant->indirect));
 	ASSERT_EQ(REGION1_GPA + 5,
 		  hva_to_gpa(v, gpa_to_hva(v, REGION1_GPA + 5, 1)));
 	ctx_scratch(c);
@@ -2470,7 +2478,7 @@ static void dur_child(struct __test_metadata *_metadata, struct ctx *c,
 
 	/* A VMM of its own: the parent's device belongs to the parent. */
 	memset(v, 0, sizeof(*v));
-	ASSERT_OK(vmm_init(v, false, true));
+	ASSERT_OK(vmm_open_kernel(v, false, true));
 	ASSERT_OK(vmm_start(v, c->be.fd));
 	xreq_alloc(v, r, DUR_PIECES, DUR_LEN);
 	xreq_alloc(v, &fl, 1, SECTOR);
@@ -3253,6 +3261,394 @@ TEST_F(vmm, pinned_io_lands_on_cpu_hctx)
 	write_str(TRACING "/options/record-cmd", "1");
 	s.num = -1;
 	EXPECT_EQ(0, ioctl(v->fd, VHOST_BLK_SET_VRING_CPU, &s));
+}
+
+/* ------------------------------------------------------------------ */
+/* The vhost-user transport                                             */
+/* ------------------------------------------------------------------ */
+
+/*
+ * The same guest side over vhost-user, against a back-end such as
+ * qemu-storage-daemon's vhost-user-blk export of a file (vhost_blk_vmm.sh
+ * starts one): VBP_TEST_VHOST_USER names its socket and
+ * VBP_TEST_VHOST_USER_IMG the file, which the tests read and write
+ * directly to check the device.
+ */
+FIXTURE(vhost_user) {
+	struct ctx c;
+};
+
+FIXTURE_VARIANT(vhost_user) {
+	bool event_idx;
+	bool indirect;
+};
+
+FIXTURE_VARIANT_ADD(vhost_user, split) {
+	.event_idx = false, .indirect = false,
+};
+
+FIXTURE_VARIANT_ADD(vhost_user, event_idx_indirect) {
+	.event_idx = true, .indirect = true,
+};
+
+FIXTURE_SETUP(vhost_user)
+{
+	const char *sock = getenv("VBP_TEST_VHOST_USER");
+	const char *img = getenv("VBP_TEST_VHOST_USER_IMG");
+	struct ctx *c = &self->c;
+
+	ctx_init(c);
+	if (!sock || !*sock || !img || !*img)
+		SKIP(return, "VBP_TEST_VHOST_USER names no vhost-user back-end");
+	be_open_image(_metadata, &c->be, img);
+	c->cap = c->be.size / SECTOR;
+	c->seed = mix64(now_us() ^ ((uint64_t)getpid() << 32));
+	ASSERT_OK(vmm_open_vhost_user(&c->v, sock, variant->event_idx,
+				      variant->indirect));
+	ctx_scratch(c);
+	ASSERT_OK(vmm_start(&c->v, -1));
+}
+
+FIXTURE_TEARDOWN(vhost_user)
+{
+	vmm_close(&self->c.v);
+	be_close(&self->c.be);
+}
+
+/*
+ * Writes through the device land in the file, and what the file holds
+ * reads back through the device: sizes from a sector to 64 KiB, at the
+ * start and the end of the disk.
+ */
+TEST_F(vhost_user, write_read)
+{
+	struct ctx *c = &self->c;
+	static const uint32_t sizes[] = { 512, 4096, 65536 };
+	uint64_t sectors[] = { 0, 7, 4095, c->cap - 128, c->cap - 1 };
+	struct vmm *v = &c->v;
+	uint8_t expect[RD_MAX];
+	unsigned int i, j;
+	uint64_t wbuf;
+	uint32_t len;
+	uint8_t st;
+
+	wbuf = galloc(v, 0, RD_MAX, 4096);
+	for (i = 0; i < ARRAY_SIZE(sectors); i++) {
+		for (j = 0; j < ARRAY_SIZE(sizes); j++) {
+			if (sectors[i] + sizes[j] / SECTOR > c->cap)
+				continue;
+			fill_rand(expect, sizes[j], next_seed(c));
+			memcpy(gpa_to_hva(v, wbuf, sizes[j]), expect,
+			       sizes[j]);
+			st = blk_rw(_metadata, c, VIRTIO_BLK_T_OUT,
+				    sectors[i], wbuf, sizes[j], 1 + j * 3,
+				    &len);
+			ASSERT_EQ(VIRTIO_BLK_S_OK, st)
+				TH_LOG("write of %u at sector %llu", sizes[j],
+				       (unsigned long long)sectors[i]);
+			check_both(_metadata, c, sectors[i], expect,
+				   sizes[j]);
+
+			fill_rand(expect, sizes[j], next_seed(c));
+			store_write(_metadata, c, sectors[i], expect,
+				    sizes[j]);
+			check_dev(_metadata, c, sectors[i], expect, sizes[j]);
+		}
+	}
+}
+
+TEST_F(vhost_user, flush)
+{
+	struct ctx *c = &self->c;
+	uint8_t expect[4096];
+	uint64_t buf;
+	uint32_t len;
+	uint8_t st;
+
+	buf = galloc(&c->v, 0, sizeof(expect), 4096);
+	fill_rand(expect, sizeof(expect), next_seed(c));
+	memcpy(gpa_to_hva(&c->v, buf, sizeof(expect)), expect,
+	       sizeof(expect));
+	st = blk_rw(_metadata, c, VIRTIO_BLK_T_OUT, 800, buf,
+		    sizeof(expect), 2, NULL);
+	ASSERT_EQ(VIRTIO_BLK_S_OK, st);
+	st = blk_req(_metadata, c, 0, VIRTIO_BLK_T_FLUSH, 0, NULL, 0, &len);
+	ASSERT_EQ(VIRTIO_BLK_S_OK, st);
+	EXPECT_EQ(1, len);
+	check_both(_metadata, c, 800, expect, sizeof(expect));
+}
+
+/* GET_ID: a serial, NUL-terminated within its 20 bytes when shorter. */
+TEST_F(vhost_user, get_id)
+{
+	struct ctx *c = &self->c;
+	struct vmm *v = &c->v;
+	char id[VIRTIO_BLK_ID_BYTES + 1] = "";
+	unsigned int i;
+	uint64_t gid;
+	struct seg d;
+	uint32_t len;
+	uint8_t st;
+
+	gid = galloc(v, 0, VIRTIO_BLK_ID_BYTES, 64);
+	memset(gpa_to_hva(v, gid, VIRTIO_BLK_ID_BYTES), 0xff,
+	       VIRTIO_BLK_ID_BYTES);
+	d = (struct seg){ gid, VIRTIO_BLK_ID_BYTES, true };
+	st = blk_req(_metadata, c, 0, VIRTIO_BLK_T_GET_ID, 0, &d, 1, &len);
+	ASSERT_EQ(VIRTIO_BLK_S_OK, st);
+	memcpy(id, gpa_to_hva(v, gid, VIRTIO_BLK_ID_BYTES),
+	       VIRTIO_BLK_ID_BYTES);
+	for (i = 0; i < VIRTIO_BLK_ID_BYTES && id[i]; i++)
+		ASSERT_TRUE(id[i] > 0x20 && id[i] < 0x7f)
+			TH_LOG("byte %u of the serial: %#x", i,
+			       (uint8_t)id[i]);
+	ASSERT_LT(0, i) TH_LOG("an empty serial");
+	TH_LOG("serial \"%s\", used length %u", id, len);
+}
+
+/*
+ * Both queues at once: 32 writes of 4 KiB in flight on each, then 32
+ * reads, answered on the queue they were made on, the data in the file.
+ */
+TEST_F(vhost_user, two_queues)
+{
+	enum { N = 64, BASE = 20480 };
+	struct ctx *c = &self->c;
+	struct vmm *v = &c->v;
+	uint8_t (*expect)[4096];
+	struct xreq r[N];
+	unsigned int i;
+
+	if (v->nq < 2)
+		SKIP(return, "the back-end has %u queue", v->nvqs);
+	v->nq = 2;
+	expect = calloc(N, sizeof(*expect));
+	ASSERT_NE(NULL, expect);
+	xreq_alloc(v, r, N, 4096);
+	for (i = 0; i < N; i++) {
+		xreq_page(&r[i], VIRTIO_BLK_T_OUT, BASE + 8 * i);
+		fill_rand(expect[i], 4096, next_seed(c));
+		memcpy(gpa_to_hva(v, r[i].data, 4096), expect[i], 4096);
+	}
+	ASSERT_TRUE(xreq_run(_metadata, c, r, N)) TH_LOG("writes not answered");
+	for (i = 0; i < N; i++) {
+		EXPECT_EQ(VIRTIO_BLK_S_OK, r[i].status) TH_LOG("write %u", i);
+		check_store(_metadata, c, r[i].sector, expect[i], 4096);
+		r[i].type = VIRTIO_BLK_T_IN;
+		memset(gpa_to_hva(v, r[i].data, 4096), 0, 4096);
+	}
+	ASSERT_TRUE(xreq_run(_metadata, c, r, N)) TH_LOG("reads not answered");
+	for (i = 0; i < N; i++) {
+		EXPECT_EQ(VIRTIO_BLK_S_OK, r[i].status) TH_LOG("read %u", i);
+		EXPECT_EQ(4097, r[i].used_len);
+		EXPECT_EQ(-1, first_diff(expect[i],
+					 gpa_to_hva(v, r[i].data, 4096),
+					 4096))
+			TH_LOG("read %u differs", i);
+	}
+	free(expect);
+}
+
+/*
+ * The configuration space (GET_CONFIG), up to num_queues (a back-end
+ * knows the fields of its own virtio version, and refuses to read more):
+ * the capacity is the file's size, the queues what GET_QUEUE_NUM said; the
+ * last sector reads, the one past it fails.
+ */
+TEST_F(vhost_user, capacity)
+{
+	const uint32_t len = offsetof(struct virtio_blk_config, num_queues) +
+			     sizeof(uint16_t);
+	struct ctx *c = &self->c;
+	struct vmm *v = &c->v;
+	struct virtio_blk_config cfg;
+	uint8_t expect[SECTOR];
+	uint8_t st;
+
+	memset(&cfg, 0xa5, sizeof(cfg));
+	ASSERT_OK(vmm_get_config(v, &cfg, len));
+	EXPECT_EQ(c->cap, le64toh(cfg.capacity));
+	if (v->features & (1ULL << VIRTIO_BLK_F_MQ))
+		EXPECT_EQ(v->nvqs, le16toh(cfg.num_queues));
+	TH_LOG("%llu sectors, %u queues",
+	       (unsigned long long)le64toh(cfg.capacity), v->nvqs);
+
+	fill_rand(expect, sizeof(expect), next_seed(c));
+	store_write(_metadata, c, c->cap - 1, expect, sizeof(expect));
+	check_dev(_metadata, c, c->cap - 1, expect, sizeof(expect));
+	st = blk_rw(_metadata, c, VIRTIO_BLK_T_IN, c->cap, c->rd, SECTOR, 1,
+		    NULL);
+	EXPECT_EQ(VIRTIO_BLK_S_IOERR, st) TH_LOG("read at the capacity");
+}
+
+/* What only /dev/vhost-blk-poll does is refused, and the device works. */
+TEST_F(vhost_user, kernel_only)
+{
+	struct ctx *c = &self->c;
+	struct vmm *v = &c->v;
+	struct vq_stats st;
+
+	EXPECT_EQ(-EOPNOTSUPP, vmm_set_backend(v, -1));
+	EXPECT_EQ(-EOPNOTSUPP, vmm_set_poll_us(v, 0, 100));
+	EXPECT_EQ(-EOPNOTSUPP, vmm_set_vring_cpu(v, 0, 0));
+	EXPECT_EQ(-EOPNOTSUPP, vmm_new_worker(v, 0));
+	EXPECT_EQ(-EOPNOTSUPP, vmm_read_stats(v, 0, &st));
+	check_alive(_metadata, c);
+}
+
+/* A server on a unix socket that answers a vhost-user front-end wrongly. */
+struct bad_server {
+	int lfd;
+	const void *answer;	/* written after the first request */
+	size_t len;
+	pthread_t th;
+	bool running;
+};
+
+static void *bad_server_run(void *arg)
+{
+	struct bad_server *s = arg;
+	struct pollfd pfd;
+	char buf[64];
+	int fd;
+
+	fd = accept4(s->lfd, NULL, NULL, SOCK_CLOEXEC);
+	if (fd < 0)
+		return NULL;
+	/* The first request: a header, GET_FEATURES has no payload. */
+	pfd = (struct pollfd){ .fd = fd, .events = POLLIN };
+	if (poll(&pfd, 1, WAIT_MS) == 1 && read(fd, buf, sizeof(buf)) > 0 &&
+	    s->len && write(fd, s->answer, s->len) < 0)
+		fprintf(stderr, "# bad server: write: %s\n", strerror(errno));
+	close(fd);
+	return NULL;
+}
+
+/*
+ * What is not a vhost-user back-end gets a clear error from
+ * vmm_open_vhost_user(), not a crash: no socket, a socket nobody listens
+ * on, and servers whose answer to the first request is wrong.
+ */
+FIXTURE(vhost_user_bad) {
+	char dir[PATH_MAX - 16];
+	char path[PATH_MAX];
+	struct bad_server s;
+	struct vmm v;
+};
+
+FIXTURE_SETUP(vhost_user_bad)
+{
+	const char *tmp = getenv("VBP_TEST_DIR");
+
+	self->s.lfd = -1;
+	snprintf(self->dir, sizeof(self->dir), "%s/vhost_user.XXXXXX",
+		 tmp && *tmp ? tmp : "/tmp");
+	ASSERT_NE(NULL, mkdtemp(self->dir));
+	snprintf(self->path, sizeof(self->path), "%s/vu.sock", self->dir);
+}
+
+FIXTURE_TEARDOWN(vhost_user_bad)
+{
+	vmm_close(&self->v);
+	if (self->s.running)
+		pthread_join(self->s.th, NULL);
+	if (self->s.lfd >= 0)
+		close(self->s.lfd);
+	unlink(self->path);
+	rmdir(self->dir);
+}
+
+/*
+ * A socket at path; listening, with a server thread that gives answer,
+ * when listen_too.
+ */
+static void bad_socket(struct __test_metadata *_metadata,
+		       struct bad_server *s, const char *path,
+		       bool listen_too, const void *answer, size_t len)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+
+	ASSERT_GT(sizeof(sa.sun_path), strlen(path));
+	memcpy(sa.sun_path, path, strlen(path) + 1);
+	s->lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	ASSERT_LE(0, s->lfd);
+	ASSERT_EQ(0, bind(s->lfd, (struct sockaddr *)&sa, sizeof(sa)));
+	if (!listen_too) {
+		/* The socket file stays, as a dead back-end's does. */
+		close(s->lfd);
+		s->lfd = -1;
+		return;
+	}
+	ASSERT_EQ(0, listen(s->lfd, 1));
+	s->answer = answer;
+	s->len = len;
+	ASSERT_EQ(0, pthread_create(&s->th, NULL, bad_server_run, s));
+	s->running = true;
+}
+
+/* A reply header and len bytes of payload, the header's size given. */
+struct bad_reply {
+	uint32_t request, flags, size;
+	uint8_t payload[8];
+};
+
+TEST_F(vhost_user_bad, no_socket)
+{
+	EXPECT_EQ(-ENOENT, vmm_open_vhost_user(&self->v, self->path, false,
+					       false));
+}
+
+TEST_F(vhost_user_bad, nobody_listening)
+{
+	bad_socket(_metadata, &self->s, self->path, false, NULL, 0);
+	EXPECT_EQ(-ECONNREFUSED, vmm_open_vhost_user(&self->v, self->path,
+						     false, false));
+}
+
+TEST_F(vhost_user_bad, not_vhost_user)
+{
+	static const char http[] = "HTTP/1.1 400 Bad Request\r\n\r\n";
+
+	bad_socket(_metadata, &self->s, self->path, true, http, strlen(http));
+	EXPECT_EQ(-EPROTO, vmm_open_vhost_user(&self->v, self->path, false,
+					       false));
+}
+
+TEST_F(vhost_user_bad, hangs_up)
+{
+	bad_socket(_metadata, &self->s, self->path, true, NULL, 0);
+	EXPECT_EQ(-ECONNRESET, vmm_open_vhost_user(&self->v, self->path,
+						   false, false));
+}
+
+/* The features' reply: 8 bytes announced, 4 sent. */
+TEST_F(vhost_user_bad, short_reply)
+{
+	static const struct bad_reply r = { 1, 0x5, 8 };
+
+	bad_socket(_metadata, &self->s, self->path, true, &r, 12 + 4);
+	EXPECT_EQ(-EPROTO, vmm_open_vhost_user(&self->v, self->path, false,
+					       false));
+}
+
+/* The features' reply of 4 bytes, not 8. */
+TEST_F(vhost_user_bad, wrong_size)
+{
+	static const struct bad_reply r = { 1, 0x5, 4 };
+
+	bad_socket(_metadata, &self->s, self->path, true, &r, 12 + 4);
+	EXPECT_EQ(-EPROTO, vmm_open_vhost_user(&self->v, self->path, false,
+					       false));
+}
+
+/* An answer without the reply flag. */
+TEST_F(vhost_user_bad, not_a_reply)
+{
+	static const struct bad_reply r = { 1, 0x1, 8 };
+
+	bad_socket(_metadata, &self->s, self->path, true, &r, sizeof(r));
+	EXPECT_EQ(-EPROTO, vmm_open_vhost_user(&self->v, self->path, false,
+					       false));
 }
 
 TEST_HARNESS_MAIN

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * The mini-VMM (vmm.h): guest memory, split virtqueues and their
- * notifications, and the vhost ioctls that set /dev/vhost-blk-poll up.
+ * notifications, the device setup over either transport, and the transport
+ * of /dev/vhost-blk-poll (its ioctls); vmm_vhost_user.c has the other.
  */
 
 #define _GNU_SOURCE
@@ -36,9 +37,9 @@ static const uint64_t blk_features =
 	(1ULL << VIRTIO_BLK_F_WRITE_ZEROES);
 
 /* Says which step failed (a TAP comment) and returns err. */
-static int vmm_fail(const char *what, int err)
+static int vmm_fail(struct vmm *v, const char *what, int err)
 {
-	fprintf(stderr, "# %s: %s\n", what, strerror(-err));
+	fprintf(stderr, "# %s: %s: %s\n", v->t->name, what, strerror(-err));
 	return err;
 }
 
@@ -82,19 +83,6 @@ unsigned int env_uint(const char *name, unsigned int def)
 	const char *s = getenv(name);
 
 	return s && *s ? strtoul(s, NULL, 0) : def;
-}
-
-static int read_max_queues(void)
-{
-	char buf[16] = "";
-	int fd, n;
-
-	fd = open(MAXQ_PARAM, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	return n > 0 && atoi(buf) > 0 ? atoi(buf) : -EINVAL;
 }
 
 /**
@@ -148,7 +136,7 @@ uint64_t hva_to_gpa(struct vmm *v, const void *p)
  * @size: bytes
  * @align: alignment, a power of two
  *
- * A bump allocator: memory is never freed, vmm_init() starts afresh.  A
+ * A bump allocator: memory is never freed, opening the VMM starts afresh.  A
  * region used up is a bug of the caller: reported, and the program aborts.
  *
  * Return: the guest-physical address of the memory.
@@ -214,25 +202,18 @@ err_close:
 	return ret;
 }
 
-/**
- * vmm_init() - open the device and lay the rings out in fresh guest memory
- * @v: the VMM
- * @event_idx: negotiate VIRTIO_RING_F_EVENT_IDX
- * @indirect: negotiate VIRTIO_RING_F_INDIRECT_DESC
- *
- * Maps the guest memory regions, puts each queue's ring in region 0 and its
- * indirect tables in region 1.  The device is set up by vmm_start().  Once
- * it has run, vmm_close() undoes it, whether it failed or not.
- *
- * Return: 0 or a negative errno.
+/*
+ * Connects transport t and lays the rings out in fresh guest memory: each
+ * queue's ring in region 0, its indirect tables in region 1.
  */
-int vmm_init(struct vmm *v, bool event_idx, bool indirect)
+static int vmm_open(struct vmm *v, const struct vmm_transport *t,
+		    const char *path, bool event_idx, bool indirect)
 {
 	unsigned int i;
 	int ret;
 
 	memset(v, 0, sizeof(*v));
-	v->open = true;
+	v->t = t;
 	v->fd = -1;
 	for (i = 0; i < NREGIONS; i++)
 		v->memfd[i] = -1;
@@ -243,27 +224,28 @@ int vmm_init(struct vmm *v, bool event_idx, bool indirect)
 	}
 	v->event_idx = event_idx;
 	v->indirect = indirect;
+	if (path && strlen(path) >= sizeof(v->path)) {
+		fprintf(stderr, "# %s: %s: path too long\n", t->name, path);
+		return -ENAMETOOLONG;
+	}
+	if (path)
+		snprintf(v->path, sizeof(v->path), "%s", path);
 
-	v->fd = open(DEV_PATH, O_RDWR | O_CLOEXEC);
-	if (v->fd < 0)
-		return vmm_fail("open " DEV_PATH, -errno);
-	ret = read_max_queues();
-	if (ret < 0)
-		return vmm_fail(MAXQ_PARAM, ret);
-	v->nvqs = ret;
+	ret = t->connect(v);
+	if (ret)
+		return ret;
 	v->nq = v->nvqs < MAX_QUEUES ? v->nvqs : MAX_QUEUES;
 
 	for (i = 0; i < NREGIONS; i++) {
 		ret = region_map(v, i);
 		if (ret)
-			return vmm_fail("guest memory", ret);
+			return vmm_fail(v, "guest memory", ret);
 	}
 	v->brk[0] = 0;
 	v->end[0] = REGION_SIZE - EDGE_SIZE;
 	v->brk[1] = EDGE_SIZE;
 	v->end[1] = REGION_SIZE;
 
-	/* Rings in region 0, indirect tables in region 1. */
 	for (i = 0; i < MAX_QUEUES; i++) {
 		struct vq *vq = &v->vq[i];
 
@@ -281,18 +263,55 @@ int vmm_init(struct vmm *v, bool event_idx, bool indirect)
 }
 
 /**
+ * vmm_open_kernel() - open /dev/vhost-blk-poll and lay the rings out
+ * @v: the VMM, not open
+ * @event_idx: negotiate VIRTIO_RING_F_EVENT_IDX
+ * @indirect: negotiate VIRTIO_RING_F_INDIRECT_DESC
+ *
+ * Opens the device, maps fresh guest memory and puts the rings in it.  The
+ * device is set up by vmm_start().  Once this has run, vmm_close() undoes
+ * it, whether it failed or not.
+ *
+ * Return: 0 or a negative errno.
+ */
+int vmm_open_kernel(struct vmm *v, bool event_idx, bool indirect)
+{
+	return vmm_open(v, &vmm_vhost_kernel, NULL, event_idx, indirect);
+}
+
+/**
+ * vmm_open_vhost_user() - connect to a vhost-user back-end, lay rings out
+ * @v: the VMM, not open
+ * @path: the back-end's unix socket
+ * @event_idx: negotiate VIRTIO_RING_F_EVENT_IDX
+ * @indirect: negotiate VIRTIO_RING_F_INDIRECT_DESC
+ *
+ * As vmm_open_kernel(), over vhost-user: the connection's first messages
+ * negotiate the protocol features and ask for the number of queues.  A
+ * back-end that does not answer as vhost-user does gets the connection
+ * closed, and the error is said on standard error.
+ *
+ * Return: 0 or a negative errno (-EPROTO: the back-end's reply was wrong).
+ */
+int vmm_open_vhost_user(struct vmm *v, const char *path, bool event_idx,
+			bool indirect)
+{
+	return vmm_open(v, &vmm_vhost_user, path, event_idx, indirect);
+}
+
+/**
  * vmm_close() - close the device and free guest memory
- * @v: the VMM; nothing is done unless vmm_init() ran on it
+ * @v: the VMM; nothing is done unless it was opened
+ *
+ * Over vhost-user the rings are stopped first (GET_VRING_BASE).
  */
 void vmm_close(struct vmm *v)
 {
 	unsigned int i;
 
-	if (!v->open)
+	if (!v->t)
 		return;
-	if (v->fd >= 0)
-		close(v->fd);
-	v->fd = -1;
+	v->t->disconnect(v);
 	for (i = 0; i < MAX_QUEUES; i++) {
 		if (v->vq[i].kick >= 0)
 			close(v->vq[i].kick);
@@ -312,7 +331,7 @@ void vmm_close(struct vmm *v)
 		v->mem[i] = NULL;
 		v->memfd[i] = -1;
 	}
-	v->open = false;
+	v->t = NULL;
 }
 
 /**
@@ -320,10 +339,12 @@ void vmm_close(struct vmm *v)
  * @v: the VMM
  * @fd: a block device or regular file, -1 to detach
  *
- * Return: 0 or a negative errno.
+ * Return: 0 or a negative errno (-EOPNOTSUPP on vhost-user).
  */
 int vmm_set_backend(struct vmm *v, int fd)
 {
+	if (!v->t->kernel)
+		return -EOPNOTSUPP;
 	return ioctl(v->fd, VHOST_BLK_SET_BACKEND, &fd) ? -errno : 0;
 }
 
@@ -333,12 +354,14 @@ int vmm_set_backend(struct vmm *v, int fd)
  * @q: the vring
  * @us: microseconds, 0 for notifications only
  *
- * Return: 0 or a negative errno.
+ * Return: 0 or a negative errno (-EOPNOTSUPP on vhost-user).
  */
 int vmm_set_poll_us(struct vmm *v, unsigned int q, unsigned int us)
 {
 	struct vhost_vring_state s = { .index = q, .num = us };
 
+	if (!v->t->kernel)
+		return -EOPNOTSUPP;
 	return ioctl(v->fd, VHOST_SET_VRING_BUSYLOOP_TIMEOUT, &s) ? -errno : 0;
 }
 
@@ -348,12 +371,14 @@ int vmm_set_poll_us(struct vmm *v, unsigned int q, unsigned int us)
  * @q: the vring
  * @cpu: the CPU, -1 to unpin
  *
- * Return: 0 or a negative errno.
+ * Return: 0 or a negative errno (-EOPNOTSUPP on vhost-user).
  */
 int vmm_set_vring_cpu(struct vmm *v, unsigned int q, int cpu)
 {
 	struct vhost_vring_state s = { .index = q, .num = cpu };
 
+	if (!v->t->kernel)
+		return -EOPNOTSUPP;
 	return ioctl(v->fd, VHOST_BLK_SET_VRING_CPU, &s) ? -errno : 0;
 }
 
@@ -364,13 +389,15 @@ int vmm_set_vring_cpu(struct vmm *v, unsigned int q, int cpu)
  *
  * VHOST_NEW_WORKER, then VHOST_ATTACH_VRING_WORKER.
  *
- * Return: 0 or a negative errno.
+ * Return: 0 or a negative errno (-EOPNOTSUPP on vhost-user).
  */
 int vmm_new_worker(struct vmm *v, unsigned int q)
 {
 	struct vhost_worker_state w = { 0 };
 	struct vhost_vring_worker vw = { .index = q };
 
+	if (!v->t->kernel)
+		return -EOPNOTSUPP;
 	if (ioctl(v->fd, VHOST_NEW_WORKER, &w))
 		return -errno;
 	vw.worker_id = w.worker_id;
@@ -385,7 +412,8 @@ int vmm_new_worker(struct vmm *v, unsigned int q)
  *
  * From debugfs, the device of this process created last.
  *
- * Return: 0 or a negative errno (-ENOENT: no statistics for @q).
+ * Return: 0 or a negative errno (-ENOENT: no statistics for @q,
+ * -EOPNOTSUPP on vhost-user).
  */
 int vmm_read_stats(struct vmm *v, unsigned int q, struct vq_stats *st)
 {
@@ -396,6 +424,8 @@ int vmm_read_stats(struct vmm *v, unsigned int q, struct vq_stats *st)
 	DIR *dir;
 	FILE *f;
 
+	if (!v->t->kernel)
+		return -EOPNOTSUPP;
 	snprintf(prefix, sizeof(prefix), "%d-", getpid());
 	dir = opendir(STATS_DIR);
 	if (!dir)
@@ -429,19 +459,24 @@ int vmm_read_stats(struct vmm *v, unsigned int q, struct vq_stats *st)
 }
 
 /**
- * vq_setup() - an empty ring, fresh eventfds, and the vring ioctls
+ * vq_setup() - an empty ring, fresh eventfds, and the vring requests
  * @v: the VMM
  * @q: the queue
+ *
+ * Size, base, addresses, the kick, call and error eventfds, and where the
+ * transport has it, the ring enabled.
  *
  * Return: 0 or a negative errno.
  */
 int vq_setup(struct vmm *v, unsigned int q)
 {
+	const struct vmm_transport *t = v->t;
 	struct vq *vq = &v->vq[q];
 	struct vhost_vring_state s = { .index = q };
 	struct vhost_vring_addr a = { .index = q };
 	struct vhost_vring_file f = { .index = q };
 	unsigned int i;
+	int ret;
 
 	memset(vq->desc, 0, 16 * QSIZE);
 	memset(vq->avail, 0, 6 + 2 * QSIZE);
@@ -466,28 +501,39 @@ int vq_setup(struct vmm *v, unsigned int q)
 	vq->call = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	vq->err = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (vq->kick < 0 || vq->call < 0 || vq->err < 0)
-		return vmm_fail("eventfd", -errno);
+		return vmm_fail(v, "eventfd", -errno);
 
 	s.num = QSIZE;
-	if (ioctl(v->fd, VHOST_SET_VRING_NUM, &s))
-		return vmm_fail("VHOST_SET_VRING_NUM", -errno);
+	ret = t->vring_state(v, VHOST_SET_VRING_NUM, &s);
+	if (ret)
+		return vmm_fail(v, "SET_VRING_NUM", ret);
 	s.num = 0;
-	if (ioctl(v->fd, VHOST_SET_VRING_BASE, &s))
-		return vmm_fail("VHOST_SET_VRING_BASE", -errno);
+	ret = t->vring_state(v, VHOST_SET_VRING_BASE, &s);
+	if (ret)
+		return vmm_fail(v, "SET_VRING_BASE", ret);
 	a.desc_user_addr = (uintptr_t)vq->desc;
 	a.avail_user_addr = (uintptr_t)vq->avail;
 	a.used_user_addr = (uintptr_t)vq->used;
-	if (ioctl(v->fd, VHOST_SET_VRING_ADDR, &a))
-		return vmm_fail("VHOST_SET_VRING_ADDR", -errno);
+	ret = t->vring_addr(v, &a);
+	if (ret)
+		return vmm_fail(v, "SET_VRING_ADDR", ret);
 	f.fd = vq->kick;
-	if (ioctl(v->fd, VHOST_SET_VRING_KICK, &f))
-		return vmm_fail("VHOST_SET_VRING_KICK", -errno);
+	ret = t->vring_file(v, VHOST_SET_VRING_KICK, &f);
+	if (ret)
+		return vmm_fail(v, "SET_VRING_KICK", ret);
 	f.fd = vq->call;
-	if (ioctl(v->fd, VHOST_SET_VRING_CALL, &f))
-		return vmm_fail("VHOST_SET_VRING_CALL", -errno);
+	ret = t->vring_file(v, VHOST_SET_VRING_CALL, &f);
+	if (ret)
+		return vmm_fail(v, "SET_VRING_CALL", ret);
 	f.fd = vq->err;
-	if (ioctl(v->fd, VHOST_SET_VRING_ERR, &f))
-		return vmm_fail("VHOST_SET_VRING_ERR", -errno);
+	ret = t->vring_file(v, VHOST_SET_VRING_ERR, &f);
+	if (ret)
+		return vmm_fail(v, "SET_VRING_ERR", ret);
+	if (t->vring_enable) {
+		ret = t->vring_enable(v, q, true);
+		if (ret)
+			return vmm_fail(v, "SET_VRING_ENABLE", ret);
+	}
 	return 0;
 }
 
@@ -500,28 +546,14 @@ int vq_setup(struct vmm *v, unsigned int q)
  */
 int vmm_set_mem(struct vmm *v, unsigned int nregions)
 {
-	struct vhost_memory *mem;
-	unsigned int i;
-	int ret;
-
-	mem = calloc(1, sizeof(*mem) + nregions * sizeof(mem->regions[0]));
-	if (!mem)
-		return -ENOMEM;
-	mem->nregions = nregions;
-	for (i = 0; i < nregions; i++) {
-		mem->regions[i].guest_phys_addr = region_gpa[i];
-		mem->regions[i].memory_size = REGION_SIZE;
-		mem->regions[i].userspace_addr = (uintptr_t)v->mem[i];
-	}
-	ret = ioctl(v->fd, VHOST_SET_MEM_TABLE, mem) ? -errno : 0;
-	free(mem);
-	return ret;
+	return v->t->set_mem_table(v, nregions);
 }
 
 /**
  * vmm_start() - what a VMM does to start the device
  * @v: the VMM
- * @backend: the backing store's descriptor
+ * @backend: the backing store's descriptor (/dev/vhost-blk-poll), or -1:
+ *	none (a vhost-user back-end has its own)
  *
  * Ownership, features, memory map, vrings, and the backend last (the vring
  * setup is refused once a backend is attached).  The step that fails says
@@ -532,41 +564,50 @@ int vmm_set_mem(struct vmm *v, unsigned int nregions)
  */
 int vmm_start(struct vmm *v, int backend)
 {
+	const struct vmm_transport *t = v->t;
 	uint64_t offered = 0, want;
 	unsigned int i;
 	int ret;
 
-	if (ioctl(v->fd, VHOST_SET_OWNER))
-		return vmm_fail("VHOST_SET_OWNER", -errno);
-	if (ioctl(v->fd, VHOST_GET_FEATURES, &offered))
-		return vmm_fail("VHOST_GET_FEATURES", -errno);
-	want = (1ULL << VIRTIO_F_VERSION_1) | (offered & blk_features);
+	v->started = false;
+	ret = t->set_owner(v);
+	if (ret)
+		return vmm_fail(v, "SET_OWNER", ret);
+	ret = t->get_features(v, &offered);
+	if (ret)
+		return vmm_fail(v, "GET_FEATURES", ret);
+	want = (1ULL << VIRTIO_F_VERSION_1) |
+	       (offered & (blk_features | t->features));
 	if (v->event_idx)
 		want |= 1ULL << VIRTIO_RING_F_EVENT_IDX;
 	if (v->indirect)
 		want |= 1ULL << VIRTIO_RING_F_INDIRECT_DESC;
 	if ((want & offered) != want) {
-		fprintf(stderr, "# device lacks features %#llx\n",
+		fprintf(stderr, "# %s: device lacks features %#llx\n", t->name,
 			(unsigned long long)(want & ~offered));
 		return -EOPNOTSUPP;
 	}
-	if (ioctl(v->fd, VHOST_SET_FEATURES, &want))
-		return vmm_fail("VHOST_SET_FEATURES", -errno);
+	ret = t->set_features(v, want);
+	if (ret)
+		return vmm_fail(v, "SET_FEATURES", ret);
 	v->features = want;
 
 	ret = vmm_set_mem(v, NREGIONS);
 	if (ret)
-		return vmm_fail("VHOST_SET_MEM_TABLE", ret);
+		return vmm_fail(v, "SET_MEM_TABLE", ret);
 
 	for (i = 0; i < v->nq; i++) {
 		ret = vq_setup(v, i);
 		if (ret)
 			return ret;
 	}
+	v->started = true;
 
+	if (backend < 0)
+		return 0;
 	ret = vmm_set_backend(v, backend);
 	if (ret)
-		return vmm_fail("VHOST_BLK_SET_BACKEND", ret);
+		return vmm_fail(v, "VHOST_BLK_SET_BACKEND", ret);
 	return 0;
 }
 
@@ -575,16 +616,54 @@ int vmm_start(struct vmm *v, int backend)
  * @v: the VMM, whose guest memory stays
  * @backend: as for vmm_start()
  *
+ * Over vhost-user, a new connection to the same socket.
+ *
  * Return: 0 or a negative errno.
  */
 int vmm_reopen(struct vmm *v, int backend)
 {
-	if (v->fd >= 0)
-		close(v->fd);
-	v->fd = open(DEV_PATH, O_RDWR | O_CLOEXEC);
-	if (v->fd < 0)
-		return vmm_fail("open " DEV_PATH, -errno);
+	int ret;
+
+	v->t->disconnect(v);
+	ret = v->t->connect(v);
+	if (ret)
+		return ret;
 	return vmm_start(v, backend);
+}
+
+/**
+ * vmm_vring_base() - stop a ring and read where it stopped (GET_VRING_BASE)
+ * @v: the VMM
+ * @q: the ring
+ * @num: the avail index the device reached
+ *
+ * Return: 0 or a negative errno.
+ */
+int vmm_vring_base(struct vmm *v, unsigned int q, unsigned int *num)
+{
+	struct vhost_vring_state s = { .index = q };
+	int ret;
+
+	ret = v->t->vring_state(v, VHOST_GET_VRING_BASE, &s);
+	if (!ret)
+		*num = s.num;
+	return ret;
+}
+
+/**
+ * vmm_get_config() - read the device's configuration space
+ * @v: the VMM
+ * @buf: where
+ * @len: bytes from its start, such as sizeof(struct virtio_blk_config)
+ *
+ * Return: 0 or a negative errno (-EOPNOTSUPP: the transport has no
+ * configuration space, as /dev/vhost-blk-poll, whose VMM composes it).
+ */
+int vmm_get_config(struct vmm *v, void *buf, uint32_t len)
+{
+	if (!v->t->get_config)
+		return -EOPNOTSUPP;
+	return v->t->get_config(v, buf, len);
 }
 
 /**
@@ -910,3 +989,106 @@ void set_hdr(struct vmm *v, uint64_t gpa, uint32_t type, uint64_t sector)
 
 	memcpy(gpa_to_hva(v, gpa, sizeof(h)), &h, sizeof(h));
 }
+
+/* The transport of /dev/vhost-blk-poll: its ioctls. */
+
+static int read_max_queues(void)
+{
+	char buf[16] = "";
+	int fd, n;
+
+	fd = open(MAXQ_PARAM, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	return n > 0 && atoi(buf) > 0 ? atoi(buf) : -EINVAL;
+}
+
+static int kernel_connect(struct vmm *v)
+{
+	int ret;
+
+	v->fd = open(DEV_PATH, O_RDWR | O_CLOEXEC);
+	if (v->fd < 0)
+		return vmm_fail(v, "open " DEV_PATH, -errno);
+	ret = read_max_queues();
+	if (ret < 0)
+		return vmm_fail(v, MAXQ_PARAM, ret);
+	v->nvqs = ret;
+	return 0;
+}
+
+static void kernel_disconnect(struct vmm *v)
+{
+	if (v->fd >= 0)
+		close(v->fd);
+	v->fd = -1;
+	v->started = false;
+}
+
+static int kernel_set_owner(struct vmm *v)
+{
+	return ioctl(v->fd, VHOST_SET_OWNER) ? -errno : 0;
+}
+
+static int kernel_get_features(struct vmm *v, uint64_t *features)
+{
+	return ioctl(v->fd, VHOST_GET_FEATURES, features) ? -errno : 0;
+}
+
+static int kernel_set_features(struct vmm *v, uint64_t features)
+{
+	return ioctl(v->fd, VHOST_SET_FEATURES, &features) ? -errno : 0;
+}
+
+static int kernel_set_mem_table(struct vmm *v, unsigned int nregions)
+{
+	struct vhost_memory *mem;
+	unsigned int i;
+	int ret;
+
+	mem = calloc(1, sizeof(*mem) + nregions * sizeof(mem->regions[0]));
+	if (!mem)
+		return -ENOMEM;
+	mem->nregions = nregions;
+	for (i = 0; i < nregions; i++) {
+		mem->regions[i].guest_phys_addr = region_gpa[i];
+		mem->regions[i].memory_size = REGION_SIZE;
+		mem->regions[i].userspace_addr = (uintptr_t)v->mem[i];
+	}
+	ret = ioctl(v->fd, VHOST_SET_MEM_TABLE, mem) ? -errno : 0;
+	free(mem);
+	return ret;
+}
+
+static int kernel_vring_state(struct vmm *v, unsigned long req,
+			      struct vhost_vring_state *s)
+{
+	return ioctl(v->fd, req, s) ? -errno : 0;
+}
+
+static int kernel_vring_addr(struct vmm *v, const struct vhost_vring_addr *a)
+{
+	return ioctl(v->fd, VHOST_SET_VRING_ADDR, a) ? -errno : 0;
+}
+
+static int kernel_vring_file(struct vmm *v, unsigned long req,
+			     const struct vhost_vring_file *f)
+{
+	return ioctl(v->fd, req, f) ? -errno : 0;
+}
+
+const struct vmm_transport vmm_vhost_kernel = {
+	.name = "vhost-kernel",
+	.kernel = true,
+	.connect = kernel_connect,
+	.disconnect = kernel_disconnect,
+	.set_owner = kernel_set_owner,
+	.get_features = kernel_get_features,
+	.set_features = kernel_set_features,
+	.set_mem_table = kernel_set_mem_table,
+	.vring_state = kernel_vring_state,
+	.vring_addr = kernel_vring_addr,
+	.vring_file = kernel_vring_file,
+};

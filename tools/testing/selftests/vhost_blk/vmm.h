@@ -1,10 +1,15 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
  * The mini virtual machine monitor of the vhost_blk selftests: a virtio-blk
- * guest driver and its VMM in one process, run against /dev/vhost-blk-poll.
- * The process's own memory is the guest's memory: two regions at distant
- * guest-physical addresses, a hole between them, each a memfd mapped shared.
- * Split virtqueues are laid out in it and driven from here.
+ * guest driver and its VMM in one process.  The process's own memory is the
+ * guest's memory: two regions at distant guest-physical addresses, a hole
+ * between them, each a memfd mapped shared.  Split virtqueues are laid out
+ * in it and driven from here.  The host side is reached through one of two
+ * transports, chosen when the VMM is opened: the kernel's vhost device
+ * /dev/vhost-blk-poll (vmm_open_kernel(), its ioctls) or a vhost-user
+ * back-end on a unix socket (vmm_open_vhost_user(), vmm_vhost_user.c, the
+ * same requests as messages, the memory regions' memfds passed to it).  The
+ * rings and the code that drives them are the same for both.
  *
  * Functions return 0 or a negative errno unless their comment says
  * otherwise; the programs that use them assert.  A guest-physical range
@@ -24,6 +29,7 @@
 #include <linux/virtio_ring.h>
 
 #define DEV_PATH	"/dev/vhost-blk-poll"
+#define VU_PATH_MAX	108	/* sizeof(sockaddr_un.sun_path) */
 #define MAXQ_PARAM	"/sys/module/vhost_blk_poll/parameters/max_queues"
 #define STATS_DIR	"/sys/kernel/debug/vhost_blk_poll"
 
@@ -73,14 +79,19 @@ struct vq {
 	uint32_t tag[QSIZE];	/* the submitter's tag of a head's request */
 };
 
+struct vmm_transport;
+
 struct vmm {
-	bool open;		/* vmm_init() ran: the descriptors are ours */
-	int fd;			/* the device */
+	const struct vmm_transport *t;	/* set when opened: ours to close */
+	int fd;			/* the device, or the vhost-user socket */
 	unsigned int nvqs;	/* virtqueues of the device */
 	unsigned int nq;	/* virtqueues set up */
 	bool event_idx;
 	bool indirect;
+	bool started;		/* vmm_start() set the rings up */
 	uint64_t features;
+	uint64_t protocol_features;	/* vhost-user's, negotiated */
+	char path[VU_PATH_MAX];		/* the vhost-user socket */
 	int memfd[NREGIONS];
 	char *mem[NREGIONS];
 	uint64_t brk[NREGIONS];	/* bump allocator: next free offset */
@@ -104,6 +115,50 @@ struct vq_stats {
 	unsigned long long polled;
 };
 
+/**
+ * struct vmm_transport - how the VMM reaches the host side of the device
+ * @name: "vhost-kernel" or "vhost-user", as the benchmark reports it
+ * @features: transport feature bits negotiated when the device offers them
+ * @kernel: the operations only /dev/vhost-blk-poll has are there
+ * @connect: open the device or the socket; sets vmm.fd and vmm.nvqs
+ * @disconnect: stop the rings and close what @connect opened
+ * @set_owner: VHOST_SET_OWNER
+ * @get_features: VHOST_GET_FEATURES
+ * @set_features: VHOST_SET_FEATURES
+ * @set_mem_table: VHOST_SET_MEM_TABLE of the first regions of guest memory
+ * @vring_state: VHOST_SET_VRING_NUM, VHOST_SET_VRING_BASE or
+ *	VHOST_GET_VRING_BASE, as the ioctl number @req says
+ * @vring_addr: VHOST_SET_VRING_ADDR
+ * @vring_file: VHOST_SET_VRING_KICK, VHOST_SET_VRING_CALL or
+ *	VHOST_SET_VRING_ERR, as the ioctl number @req says
+ * @vring_enable: enable a vring (vhost-user); NULL where rings need not be
+ * @get_config: read the device's configuration space; NULL where the
+ *	transport has none
+ *
+ * Each operation returns 0 or a negative errno.
+ */
+struct vmm_transport {
+	const char *name;
+	uint64_t features;
+	bool kernel;
+	int (*connect)(struct vmm *v);
+	void (*disconnect)(struct vmm *v);
+	int (*set_owner)(struct vmm *v);
+	int (*get_features)(struct vmm *v, uint64_t *features);
+	int (*set_features)(struct vmm *v, uint64_t features);
+	int (*set_mem_table)(struct vmm *v, unsigned int nregions);
+	int (*vring_state)(struct vmm *v, unsigned long req,
+			   struct vhost_vring_state *s);
+	int (*vring_addr)(struct vmm *v, const struct vhost_vring_addr *a);
+	int (*vring_file)(struct vmm *v, unsigned long req,
+			  const struct vhost_vring_file *f);
+	int (*vring_enable)(struct vmm *v, unsigned int q, bool enable);
+	int (*get_config)(struct vmm *v, void *buf, uint32_t len);
+};
+
+extern const struct vmm_transport vmm_vhost_kernel;
+extern const struct vmm_transport vmm_vhost_user;
+
 /* Helpers the programs share. */
 int64_t now_us(void);
 uint64_t mix64(uint64_t x);
@@ -117,12 +172,17 @@ uint64_t galloc(struct vmm *v, unsigned int r, uint64_t size,
 uint8_t *gptr(struct vmm *v, uint64_t gpa);
 
 /* The device. */
-int vmm_init(struct vmm *v, bool event_idx, bool indirect);
+int vmm_open_kernel(struct vmm *v, bool event_idx, bool indirect);
+int vmm_open_vhost_user(struct vmm *v, const char *path, bool event_idx,
+			bool indirect);
 void vmm_close(struct vmm *v);
 int vmm_set_mem(struct vmm *v, unsigned int nregions);
 int vq_setup(struct vmm *v, unsigned int q);
 int vmm_start(struct vmm *v, int backend);
 int vmm_reopen(struct vmm *v, int backend);
+int vmm_vring_base(struct vmm *v, unsigned int q, unsigned int *num);
+int vmm_get_config(struct vmm *v, void *buf, uint32_t len);
+/* Only /dev/vhost-blk-poll has these: -EOPNOTSUPP on vhost-user. */
 int vmm_set_backend(struct vmm *v, int fd);
 int vmm_set_poll_us(struct vmm *v, unsigned int q, unsigned int us);
 int vmm_set_vring_cpu(struct vmm *v, unsigned int q, int cpu);

@@ -75,6 +75,7 @@ static inline uint32_t run_req(struct __test_metadata *_metadata,
 
 struct backend {
 	bool bdev;
+	bool direct;	/* chk is O_DIRECT: aligned I/O only */
 	int fd;		/* O_RDWR, for the device */
 	int rofd;	/* O_RDONLY, for the device */
 	int chk;	/* what the test reads and writes the store through */
@@ -129,8 +130,8 @@ static inline int full_io(int fd, bool wr, void *buf, size_t len, uint64_t off)
 
 /*
  * Reads or writes the backing store behind the device's back.  A block
- * device goes through O_DIRECT and an aligned bounce buffer, so that
- * neither side sees a stale page cache.
+ * device (and a vhost-user back-end's image) goes through O_DIRECT and an
+ * aligned bounce buffer, so that neither side sees a stale page cache.
  */
 static inline int be_io(struct backend *be, bool wr, uint64_t off, void *buf,
 			size_t len)
@@ -140,7 +141,7 @@ static inline int be_io(struct backend *be, bool wr, uint64_t off, void *buf,
 	void *b;
 	int ret;
 
-	if (!be->bdev)
+	if (!be->direct)
 		return full_io(be->chk, wr, buf, len, off);
 	if (posix_memalign(&b, 4096, end - start))
 		return -ENOMEM;
@@ -204,6 +205,7 @@ static inline void be_open(struct __test_metadata *_metadata,
 	struct stat st;
 
 	be->bdev = bdev;
+	be->direct = bdev;
 	if (bdev) {
 		snprintf(path, sizeof(path), "%s", getenv("VBP_TEST_BDEV"));
 		ASSERT_EQ(0, stat(path, &st))
@@ -240,6 +242,26 @@ static inline void be_open(struct __test_metadata *_metadata,
 	be->discard = !fallocate(be->chk,
 				 FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 				 FILE_SIZE - 4096, 4096);
+}
+
+/*
+ * The image file a vhost-user back-end serves, opened to check what the
+ * device does: O_DIRECT where the file system has it, as the back-end's
+ * I/O may bypass the page cache.  Only be->chk is open.
+ */
+static inline void be_open_image(struct __test_metadata *_metadata,
+				 struct backend *be, const char *path)
+{
+	struct stat st;
+
+	be->bdev = false;
+	be->chk = open(path, O_RDWR | O_DIRECT | O_CLOEXEC);
+	be->direct = be->chk >= 0;
+	if (be->chk < 0)
+		be->chk = open(path, O_RDWR | O_CLOEXEC);
+	ASSERT_LE(0, be->chk) TH_LOG("%s: %s", path, strerror(errno));
+	ASSERT_EQ(0, fstat(be->chk, &st));
+	be->size = st.st_size;
 }
 
 /* ------------------------------------------------------------------ */
