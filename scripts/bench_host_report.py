@@ -83,20 +83,25 @@ def per_run(runs, wins, setup):
         if wins is not None:
             host, guest = sides(r, wins[k], setup)
             row["host"], row["guest"] = host, guest
-        if r["path"] == "vhost-idle":
+        if r["path"] in ("vhost-idle", "vu-idle"):
             if wins is not None:
-                passes = r["module"]["idle_passes"]
-                idle[r["rep"]] = {
-                    "host_per_pass": host["insns"] / max(passes, 1),
-                    "guest_per_spin": guest["insns"] / max(r["spins"], 1)}
-                row.update(idle[r["rep"]])
+                c = idle.setdefault((r["rep"], r["transport"]), {})
+                c["guest_per_spin"] = guest["insns"] / max(r["spins"], 1)
+                if r.get("module"):
+                    c["host_per_pass"] = (host["insns"] /
+                                          max(r["module"]["idle_passes"], 1))
+                else:
+                    c["host_per_ns"] = host["insns"] / r["window_ns"]
+                row.update(c)
             rows.append(row)
             continue
         if wins is not None and n:
-            c = idle.get(r["rep"], {})
+            c = idle.get((r["rep"], r["transport"]), {})
             h_idle = g_idle = 0.0
             if r.get("module") and "host_per_pass" in c:
                 h_idle = r["module"]["idle_passes"] * c["host_per_pass"]
+            elif "host_per_ns" in c:
+                h_idle = min(host["insns"], r["window_ns"] * c["host_per_ns"])
             if r.get("spins") and "guest_per_spin" in c:
                 g_idle = r["spins"] * c["guest_per_spin"]
             row["host_serve_per_req"] = (host["insns"] - h_idle) / n
@@ -130,7 +135,7 @@ def summary(rows):
                         "signals_per_req")]
     out = {}
     for r in rows:
-        if r["path"] == "vhost-idle":
+        if r["path"].endswith("-idle"):
             continue
         s = out.setdefault((r["rw"], r["qd"], r["path"]), {"runs": []})
         s["runs"].append(r)
@@ -177,7 +182,7 @@ def tables(summ, setup, have_insns):
     lines.append("### Cost per request")
     lines.append("")
     lines.append("| workload | path | IOPS (emulated) | host insns/req | "
-                 "host idle-poll insns/req | guest insns/req | guest "
+                 "host idle insns/req | guest insns/req | guest "
                  "idle-poll insns/req | host kernel entries/req | guest "
                  "syscalls/req | guest irets/req | kicks/req | signals/req "
                  "| spread host insns | spread IOPS |")

@@ -18,7 +18,9 @@
 # (default 5) between two marks, after a warm-up; under the TCG plugin
 # insn_count.c the marks give each CPU's instructions in the window.  A
 # polling run's idle passes are costed by a run whose ring polls with
-# nothing to do (vhost-idle).  Everything runs BENCH_REPS times (default 2),
+# nothing to do (vhost-idle); qemu-storage-daemon's instructions while it
+# has nothing to do (timers, its main loop: vu-idle) are costed per second
+# and taken off its runs.  Everything runs BENCH_REPS times (default 2),
 # interleaved, for the spread; BENCH_PATHS narrows the paths.  The records go to BENCH_OUT (default
 # $VMRUN_OUT): runs.jsonl, one line per run; scripts/bench_host_report.py
 # makes the tables.  Figures, not assertions.
@@ -161,8 +163,10 @@ vmm_run() {
 }
 
 for rep in $(seq "$reps"); do
-	echo "bench: round $rep of $reps: vhost-idle" >&2
-	vmm_run "$rep" vhost-idle randread 0 || die "vhost-idle failed"
+	for path in vhost-idle vu-idle; do
+		echo "bench: round $rep of $reps: $path" >&2
+		vmm_run "$rep" "$path" randread 0 || die "$path failed"
+	done
 	for rw in randread randwrite; do
 		for qd in 1 32; do
 			for path in $paths; do
