@@ -3003,7 +3003,7 @@ TEST_F(vmm, counters_match_the_guest)
 	struct vq *vq = &v->vq[0];
 	struct vq_stats st0, st1;
 	uint64_t data, calls = 0;
-	unsigned int i, kicks = 0;
+	unsigned int i, agreed, kicks = 0;
 	struct used u;
 
 	data = galloc(v, 1, 4096, 4096);
@@ -3036,22 +3036,25 @@ TEST_F(vmm, counters_match_the_guest)
 	}
 	/*
 	 * The interrupt follows the used entry, and the count follows the
-	 * interrupt: wait for the last of each.
+	 * interrupt: wait until the guest's count and the module's agree
+	 * twice in a row.  A batch of two used entries may share one
+	 * interrupt, so there may be fewer than 20.
 	 */
-	for (i = 0; i < WAIT_MS / 10; i++) {
+	for (i = 0, agreed = 0; i < WAIT_MS / 10 && agreed < 2; i++) {
 		uint64_t n;
 
+		usleep(10000);
 		if (read(vq->call, &n, sizeof(n)) == sizeof(n))
 			calls += n;
 		ASSERT_EQ(0, vmm_read_stats(v, 0, &st1));
-		if (calls >= 20 && st1.signals - st0.signals >= calls)
-			break;
-		usleep(10000);
+		if (calls && calls == st1.signals - st0.signals)
+			agreed++;
+		else
+			agreed = 0;
 	}
 	EXPECT_EQ(20, st1.requests - st0.requests);
 	EXPECT_EQ(kicks, st1.kicks - st0.kicks);
 	EXPECT_EQ(calls, st1.signals - st0.signals);
-	EXPECT_EQ(20, calls);
 	TH_LOG("20 requests: %u kicks, %llu signals", kicks,
 	       (unsigned long long)calls);
 }
