@@ -3,6 +3,7 @@
 """The tables of make bench-host: cost per request of each host path.
 
 usage: bench_host_report.py RAW_DIR INSNS_JSONL OUT_DIR
+       bench_host_report.py --compare A/bench-host.json B/bench-host.json
 
 RAW_DIR holds what bench_host.sh wrote in the VM (runs.jsonl, setup.json);
 INSNS_JSONL is the TCG plugin's output (insn_count.c), one snapshot of every
@@ -252,7 +253,29 @@ def tables(summ, setup, have_insns):
     return "\n".join(lines) + "\n"
 
 
+def compare(a, b):
+    """Host instructions per request of two runs, job by job."""
+    runs = []
+    for path in (a, b):
+        with open(path) as f:
+            runs.append(summary(json.load(f)["runs"]))
+    lines = [f"host insns/req: {a} against {b}", "",
+             "| workload | path | run A | run B | B / A - 1 |",
+             "|---|---|---:|---:|---:|"]
+    for key in sorted(runs[0], key=lambda k: (k[0], k[1],
+                                              PATHS.index(k[2]))):
+        x = runs[0][key].get("host_serve_per_req")
+        y = runs[1].get(key, {}).get("host_serve_per_req")
+        d = None if not x or y is None else 100.0 * (y / x - 1)
+        lines.append(f"| {key[0]} qd{key[1]} | {key[2]} | {fmt(x)} | "
+                     f"{fmt(y)} | {fmt(d, 2)}{'' if d is None else ' %'} |")
+    print("\n".join(lines))
+
+
 def main():
+    if len(sys.argv) == 4 and sys.argv[1] == "--compare":
+        compare(sys.argv[2], sys.argv[3])
+        return
     if len(sys.argv) != 4:
         sys.exit(__doc__)
     raw, insns, out = sys.argv[1:]
