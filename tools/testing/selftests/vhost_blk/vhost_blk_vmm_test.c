@@ -381,6 +381,31 @@ TEST_F(vmm, any_layout)
 }
 
 /*
+ * 4 KiB written at sector 800 in nseg segments, then a flush: OK, a used
+ * length of 1, the data in the store and read back through the device.
+ */
+static void write_then_flush(struct __test_metadata *_metadata,
+			     struct ctx *c, unsigned int nseg)
+{
+	uint8_t expect[4096];
+	uint64_t buf;
+	uint32_t len;
+	uint8_t st;
+
+	buf = galloc(&c->v, 0, sizeof(expect), 4096);
+	fill_rand(expect, sizeof(expect), next_seed(c));
+	memcpy(gpa_to_hva(&c->v, buf, sizeof(expect)), expect,
+	       sizeof(expect));
+	st = blk_rw(_metadata, c, VIRTIO_BLK_T_OUT, 800, buf,
+		    sizeof(expect), nseg, NULL);
+	ASSERT_EQ(VIRTIO_BLK_S_OK, st);
+	st = blk_req(_metadata, c, 0, VIRTIO_BLK_T_FLUSH, 0, NULL, 0, &len);
+	ASSERT_EQ(VIRTIO_BLK_S_OK, st);
+	EXPECT_EQ(1, len);
+	check_both(_metadata, c, 800, expect, sizeof(expect));
+}
+
+/*
  * Segments of any byte length at any address, as long as the total is a
  * multiple of the sector.
  */
@@ -429,22 +454,10 @@ TEST_F(vmm, unaligned_segments)
 TEST_F(vmm, flush)
 {
 	struct ctx *c = &self->c;
-	uint8_t expect[4096];
-	uint64_t buf;
 	uint32_t len;
 	uint8_t st;
 
-	buf = galloc(&c->v, 0, sizeof(expect), 4096);
-	fill_rand(expect, sizeof(expect), next_seed(c));
-	memcpy(gpa_to_hva(&c->v, buf, sizeof(expect)), expect,
-	       sizeof(expect));
-	st = blk_rw(_metadata, c, VIRTIO_BLK_T_OUT, 800, buf,
-		    sizeof(expect), 1, NULL);
-	ASSERT_EQ(VIRTIO_BLK_S_OK, st);
-	st = blk_req(_metadata, c, 0, VIRTIO_BLK_T_FLUSH, 0, NULL, 0, &len);
-	ASSERT_EQ(VIRTIO_BLK_S_OK, st);
-	EXPECT_EQ(1, len);
-	check_both(_metadata, c, 800, expect, sizeof(expect));
+	write_then_flush(_metadata, c, 1);
 	/* A flush with nothing to write back. */
 	st = blk_req(_metadata, c, 0, VIRTIO_BLK_T_FLUSH, 0, NULL, 0, &len);
 	ASSERT_EQ(VIRTIO_BLK_S_OK, st);
@@ -3378,23 +3391,7 @@ TEST_F(vhost_user, write_read)
 
 TEST_F(vhost_user, flush)
 {
-	struct ctx *c = &self->c;
-	uint8_t expect[4096];
-	uint64_t buf;
-	uint32_t len;
-	uint8_t st;
-
-	buf = galloc(&c->v, 0, sizeof(expect), 4096);
-	fill_rand(expect, sizeof(expect), next_seed(c));
-	memcpy(gpa_to_hva(&c->v, buf, sizeof(expect)), expect,
-	       sizeof(expect));
-	st = blk_rw(_metadata, c, VIRTIO_BLK_T_OUT, 800, buf,
-		    sizeof(expect), 2, NULL);
-	ASSERT_EQ(VIRTIO_BLK_S_OK, st);
-	st = blk_req(_metadata, c, 0, VIRTIO_BLK_T_FLUSH, 0, NULL, 0, &len);
-	ASSERT_EQ(VIRTIO_BLK_S_OK, st);
-	EXPECT_EQ(1, len);
-	check_both(_metadata, c, 800, expect, sizeof(expect));
+	write_then_flush(_metadata, &self->c, 2);
 }
 
 /* GET_ID: a serial, NUL-terminated within its 20 bytes when shorter. */
