@@ -128,12 +128,11 @@ def spread(v):
 
 
 def summary(rows):
-    keys = [k for k in ("iops", "lat_mean_us", "lat_p99_us",
-                        "host_serve_per_req", "host_idle_per_req",
-                        "guest_serve_per_req", "guest_idle_per_req",
-                        "host_entries_per_req", "guest_syscalls_per_req",
-                        "guest_irets_per_req", "kicks_per_req",
-                        "signals_per_req")]
+    keys = ("iops", "lat_mean_us", "lat_p99_us",
+            "host_serve_per_req", "host_idle_per_req",
+            "guest_serve_per_req", "guest_idle_per_req",
+            "host_entries_per_req", "guest_syscalls_per_req",
+            "guest_irets_per_req", "kicks_per_req", "signals_per_req")
     out = {}
     for r in rows:
         if r["path"].endswith("-idle"):
@@ -147,6 +146,12 @@ def summary(rows):
             if k in ("host_serve_per_req", "guest_serve_per_req", "iops"):
                 s[k + "_spread"] = spread(v)
     return out
+
+
+def job_order(key):
+    """Workloads in order, the paths of each in PATHS order."""
+    rw, qd, path = key
+    return rw, qd, PATHS.index(path)
 
 
 def fmt(v, p=0):
@@ -190,8 +195,7 @@ def tables(summ, setup, have_insns):
     lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
                  "---:|---:|---:|")
     for (rw, qd, path), s in sorted(summ.items(),
-                                    key=lambda i: (i[0][0], i[0][1],
-                                                   PATHS.index(i[0][2]))):
+                                    key=lambda i: job_order(i[0])):
         sp = s.get("host_serve_per_req_spread")
         lines.append(
             f"| {rw} qd{qd} | {path} | {fmt(s['iops'])} | "
@@ -243,8 +247,7 @@ def tables(summ, setup, have_insns):
                  "queue kIOPS |")
     lines.append("|---|---|---:|---:|---:|")
     for (rw, qd, path), s in sorted(summ.items(),
-                                    key=lambda i: (i[0][0], i[0][1],
-                                                   PATHS.index(i[0][2]))):
+                                    key=lambda i: job_order(i[0])):
         hc, gc = projection(s, path.startswith("native"))
         q = hc if gc is None else (None if hc is None else min(hc, gc))
         k = (lambda v: None if v is None else v / 1e3)
@@ -262,8 +265,7 @@ def compare(a, b):
     lines = [f"host insns/req: {a} against {b}", "",
              "| workload | path | run A | run B | B / A - 1 |",
              "|---|---|---:|---:|---:|"]
-    for key in sorted(runs[0], key=lambda k: (k[0], k[1],
-                                              PATHS.index(k[2]))):
+    for key in sorted(runs[0], key=job_order):
         x = runs[0][key].get("host_serve_per_req")
         y = runs[1].get(key, {}).get("host_serve_per_req")
         d = None if not x or y is None else 100.0 * (y / x - 1)
