@@ -7,24 +7,35 @@
  * memory map and rings with the standard vhost ioctls and attaches a backing
  * block device or file with VHOST_BLK_SET_BACKEND (<linux/vhost_blk.h>).
  *
- * Reads and writes go to the backend as asynchronous direct I/O through its
- * read_iter/write_iter on the guest's own pages (for a block device, the
- * block layer pins them into bios and submits them from the worker).  The
- * completion hands the request back to the worker of its virtqueue, which
- * writes the status byte and returns the buffers in batches.
+ * On a block device, the worker builds each read or write as a bio on the
+ * guest's own pages and submits it itself, so that blk-mq gives it the
+ * hardware queue of the worker's CPU; flush, discard and write-zeroes are
+ * bios too.  Where the device has poll queues and the ring polls, the bios
+ * are polled (REQ_POLLED) and reaped by the worker in batches.  On a
+ * regular file, reads and writes are asynchronous direct I/O through its
+ * read_iter/write_iter.  Nothing the worker does waits for the device:
+ * what would (a device without room, fsync, fallocate, buffers direct I/O
+ * cannot take, the page cache) is done on vhost_blk_wq and answered like
+ * any other request.  The requests come from a pool of each vring, sized
+ * by the ring; the worker answers them, status byte and used ring in
+ * batches, in the loop it polls in or woken by the first completion.
  *
  * Lock order: vhost_blk.dev.mutex -> vhost_virtqueue.mutex.
  */
 
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
+#include <linux/bio.h>
+#include <linux/blk-mq.h>
 #include <linux/blkdev.h>
 #include <linux/compat.h>
 #include <linux/cpumask.h>
+#include <linux/cred.h>
 #include <linux/debugfs.h>
 #include <linux/falloc.h>
 #include <linux/file.h>
 #include <linux/fs.h>
+#include <linux/kthread.h>
 #include <linux/llist.h>
 #include <linux/miscdevice.h>
 #include <linux/module.h>
@@ -63,6 +74,14 @@
  * below MAX_RW_COUNT, and the used length fits its 32 bits.
  */
 #define VHOST_BLK_MAX_DATA	((size_t)UIO_MAXIOV * VHOST_BLK_SIZE_MAX)
+
+/*
+ * Pages of a read or write that the request's own bio holds (64 KiB of
+ * scattered 4 KiB pages); a larger one takes a bio of vhost_blk_bio_set.
+ */
+#define VHOST_BLK_INLINE_VECS	16
+/* Iovecs of a chain a request keeps a copy of without allocating. */
+#define VHOST_BLK_INLINE_IOVS	8
 
 enum {
 	VHOST_BLK_FEATURES = VHOST_FEATURES |
@@ -107,7 +126,10 @@ module_param_cb(poll_us, &poll_us_ops, &poll_us, 0644);
 MODULE_PARM_DESC(poll_us,
 		 "Default poll budget of new vrings in microseconds, 0 for notifications only (0-1000000, default 50)");
 
-static struct kmem_cache *vhost_blk_req_cache;
+/* Bios of reads and writes too large for a request's own. */
+static struct bio_set vhost_blk_bio_set;
+/* Where requests wait that the worker must not wait for. */
+static struct workqueue_struct *vhost_blk_wq;
 static struct dentry *vhost_blk_debugfs;
 static atomic_t vhost_blk_ids = ATOMIC_INIT(0);
 
@@ -116,6 +138,8 @@ struct vhost_blk_backend {
 	struct file *file;
 	/* NULL for a regular file. */
 	struct block_device *bdev;
+	/* The block device can refuse a bio instead of waiting (REQ_NOWAIT). */
+	bool nowait;
 	/* The block device has poll queues (REQ_POLLED, bio_poll). */
 	bool poll;
 	/* In 512-byte sectors. */
@@ -153,10 +177,17 @@ struct vhost_blk_vq {
 	int cpu;
 	/* local_clock() when the ring went idle while polled, or 0. */
 	u64 idle_since;
+	/* The requests, sized by the ring while it has a backend. */
+	struct vhost_blk_req *pool;
+	struct vhost_blk_req *free;
+	/* The pool ran dry: an answer resumes taking requests. */
+	bool starved;
+	/* The worker is in its loop and answers what ends without a wakeup. */
+	bool polling;
 	/* Requests in flight on polled queues of the backend. */
 	struct list_head polled;
 	struct vhost_blk_stats stats;
-	/* Requests whose I/O has ended, waiting for done_work. */
+	/* Requests whose I/O has ended, to be answered by the worker. */
 	struct llist_head done;
 	struct vhost_work done_work;
 	/* Frees the done requests when the worker is gone. */
@@ -184,14 +215,55 @@ struct vhost_blk {
 	struct vhost_blk_vq vqs[] __counted_by(nvqs);
 };
 
+/* What a request waits for on vhost_blk_wq, off the worker, where it may sleep. */
+enum vhost_blk_slow {
+	/* Its bio, refused by a device without room: submitted to wait. */
+	VHOST_BLK_SLOW_BIO = 1,
+	/* A read or write through the file, synchronous (the page cache). */
+	VHOST_BLK_SLOW_RW,
+	/* vfs_fsync(): a file, or dirty pages in the device's page cache. */
+	VHOST_BLK_SLOW_FLUSH,
+	/* Discard or write-zeroes through fallocate or the page cache. */
+	VHOST_BLK_SLOW_DISCARD,
+};
+
+/*
+ * One request of a vring, from the vring's pool.  Everything before
+ * inline_iov is cleared when the request is taken.
+ */
 struct vhost_blk_req {
 	struct vhost_blk_vq *bvq;
+	struct vhost_blk_backend *be;
+	/* On bvq->done once its I/O ended. */
 	struct llist_node node;
+	/* On bvq->free while unused. */
+	struct vhost_blk_req *next_free;
+	struct work_struct work;
 	struct kiocb iocb;
-	/* Two holders: the submitter and the I/O completion. */
-	atomic_t ref;
+	/* A request served by a bio: &inline_bio, or one of vhost_blk_bio_set. */
+	struct bio *bio;
+	/* The bio's extent, to submit it again after a refusal. */
+	struct bvec_iter bio_iter;
+	unsigned short bio_vcnt;
+	bool bio_pinned;
+	/* VIRTIO_BLK_T_*. */
+	u32 type;
 	u16 head;
 	u8 status;
+	/* enum vhost_blk_slow, on vhost_blk_wq. */
+	u8 slow;
+	bool write;
+	/* Discard or write-zeroes: may unmap. */
+	bool unmap;
+	/* On bvq->polled: a bio submitted with REQ_POLLED. */
+	bool polled;
+	/* The I/O ended (before the request goes on bvq->done). */
+	bool io_done;
+	/*
+	 * To be done again, off the worker, as slow says: refused with
+	 * REQ_NOWAIT/IOCB_NOWAIT, or a write-zeroes the device turned down.
+	 */
+	bool again;
 	/*
 	 * Bytes of the device-writable buffers written from their start:
 	 * the used length (virtio 1.2, 2.7.8: never more than was written).
@@ -207,31 +279,88 @@ struct vhost_blk_req {
 	/* Bytes of the device-writable buffers, status byte included. */
 	size_t in_len;
 	u8 __user *status_ptr;
-	/* Copies of the chain's iovecs and dirty-log entries. */
+	/*
+	 * A copy of the chain's iovecs, where the request may need them after
+	 * it was taken (a file, a slow path, the dirty log): inline_iov or
+	 * allocated; NULL for a bio built from the chain itself.
+	 */
 	struct iovec *iov;
 	unsigned int out_num;
 	unsigned int in_num;
 	struct vhost_log *log;
 	unsigned int log_num;
-	/* Where a read or write starts in the backend. */
+	/* Where a read, write, discard or write-zeroes starts in the backend. */
 	loff_t pos;
-	/* On bvq->polled: submitted with IOCB_HIPRI, reaped by polling. */
+	/* Bytes of a discard or write-zeroes. */
+	loff_t len;
 	struct list_head poll_node;
-	bool polled;
-	/* Polled, it found the device busy: to be submitted again unpolled. */
-	bool again;
+
+	struct iovec inline_iov[VHOST_BLK_INLINE_IOVS];
+	struct bio inline_bio;
+	struct bio_vec inline_vecs[VHOST_BLK_INLINE_VECS];
 };
 
-static void vhost_blk_req_free(struct vhost_blk_req *req)
+static int vhost_blk_pool_alloc(struct vhost_blk_vq *bvq, unsigned int num)
+{
+	struct vhost_blk_req *pool;
+	unsigned int i;
+
+	pool = kvcalloc(num, sizeof(*pool), GFP_KERNEL_ACCOUNT);
+	if (!pool)
+		return -ENOMEM;
+	bvq->free = NULL;
+	for (i = num; i--; ) {
+		pool[i].next_free = bvq->free;
+		bvq->free = &pool[i];
+	}
+	bvq->pool = pool;
+	bvq->starved = false;
+	return 0;
+}
+
+static void vhost_blk_pool_free(struct vhost_blk_vq *bvq)
+{
+	kvfree(bvq->pool);
+	bvq->pool = NULL;
+	bvq->free = NULL;
+}
+
+/* A request from the ring's pool, or NULL; called with the vq mutex held. */
+static struct vhost_blk_req *vhost_blk_req_get(struct vhost_blk_vq *bvq)
+{
+	struct vhost_blk_req *req = bvq->free;
+
+	if (unlikely(!req))
+		return NULL;
+	bvq->free = req->next_free;
+	memset(req, 0, offsetof(struct vhost_blk_req, inline_iov));
+	req->bvq = bvq;
+	atomic_inc(&bvq->inflight);
+	WRITE_ONCE(bvq->taken, true);
+	return req;
+}
+
+/* Back to the pool, its pages and copies released; with the vq mutex held. */
+static void vhost_blk_req_put(struct vhost_blk_req *req)
 {
 	struct vhost_blk_vq *bvq = req->bvq;
+	struct bio *bio = req->bio;
 
 	if (req->polled)
 		list_del(&req->poll_node);
-
-	kfree(req->iov);
+	if (bio) {
+		/* A read wrote into the pages: they are dirty. */
+		bio_release_pages(bio, !req->write);
+		if (bio == &req->inline_bio)
+			bio_uninit(bio);
+		else
+			bio_put(bio);
+	}
+	if (req->iov != req->inline_iov)
+		kfree(req->iov);
 	kfree(req->log);
-	kmem_cache_free(vhost_blk_req_cache, req);
+	req->next_free = bvq->free;
+	bvq->free = req;
 	if (atomic_dec_and_test(&bvq->inflight))
 		wake_up_all(&bvq->blk->inflight_wq);
 }
@@ -283,8 +412,6 @@ static void vhost_blk_add_used(struct vhost_blk_vq *bvq, unsigned int n)
 	}
 }
 
-static void vhost_blk_rw_again(struct vhost_blk_req *req);
-
 /*
  * Migration: mark dirty what the device may have written into the guest's
  * memory, the data (also of a failed or short read: direct I/O may have
@@ -309,6 +436,27 @@ static void vhost_blk_log(struct vhost_virtqueue *vq,
 	vhost_log_write(vq, &status, 1, 1, &siov, 1);
 }
 
+static void vhost_blk_slow_work(struct work_struct *work);
+
+static void vhost_blk_unpoll(struct vhost_blk_req *req)
+{
+	if (req->polled) {
+		list_del(&req->poll_node);
+		req->polled = false;
+	}
+}
+
+/* Hand a request to vhost_blk_wq, where it may wait; with the vq mutex held. */
+static void vhost_blk_slow(struct vhost_blk_req *req, enum vhost_blk_slow op)
+{
+	vhost_blk_unpoll(req);
+	req->again = false;
+	req->io_done = false;
+	req->slow = op;
+	INIT_WORK(&req->work, vhost_blk_slow_work);
+	queue_work(vhost_blk_wq, &req->work);
+}
+
 /*
  * Answer the requests whose I/O ended: status byte, dirty log, used ring,
  * one interrupt per batch if the guest wants it.  Called with the vq mutex
@@ -321,12 +469,17 @@ static unsigned int vhost_blk_complete(struct vhost_blk_vq *bvq)
 	struct llist_node *list;
 	unsigned int n = 0, total = 0;
 
+	if (llist_empty(&bvq->done))
+		return 0;
 	list = llist_reverse_order(llist_del_all(&bvq->done));
 	llist_for_each_entry_safe(req, tmp, list, node) {
 		if (unlikely(req->again)) {
-			vhost_blk_rw_again(req);
+			vhost_blk_slow(req, req->slow);
 			continue;
 		}
+		/* A polled queue completes a bio only when polled. */
+		if (req->polled && req->bio->bi_opf & REQ_POLLED)
+			bvq->stats.polled++;
 		if (put_user(req->status, req->status_ptr)) {
 			vq_err(vq, "cannot write the status of request %u\n",
 			       req->head);
@@ -338,7 +491,7 @@ static unsigned int vhost_blk_complete(struct vhost_blk_vq *bvq)
 		vq->heads[n].len = cpu_to_vhost32(vq, req->used_len);
 		n++;
 		total++;
-		vhost_blk_req_free(req);
+		vhost_blk_req_put(req);
 		if (n == UIO_MAXIOV) {
 			vhost_blk_add_used(bvq, n);
 			n = 0;
@@ -349,7 +502,11 @@ static unsigned int vhost_blk_complete(struct vhost_blk_vq *bvq)
 	return total;
 }
 
-/* Answer the requests whose I/O ended, in the worker of their virtqueue. */
+/*
+ * Answer the requests whose I/O ended while the worker was not polling,
+ * in the worker of their virtqueue; take requests again if the pool had
+ * run dry.
+ */
 static void vhost_blk_done_work(struct vhost_work *work)
 {
 	struct vhost_blk_vq *bvq = container_of(work, struct vhost_blk_vq,
@@ -359,12 +516,16 @@ static void vhost_blk_done_work(struct vhost_work *work)
 		return;
 	mutex_lock(&bvq->vq.mutex);
 	vhost_blk_complete(bvq);
+	if (bvq->starved && bvq->free) {
+		bvq->starved = false;
+		vhost_vq_work_queue(&bvq->vq, &bvq->poll_work);
+	}
 	mutex_unlock(&bvq->vq.mutex);
 }
 
 /*
  * The worker is gone (its owner was killed): nobody can write to the
- * guest's memory any more, so only free what is done.
+ * guest's memory any more, so only release what is done.
  */
 static void vhost_blk_reap_work(struct work_struct *work)
 {
@@ -374,26 +535,47 @@ static void vhost_blk_reap_work(struct work_struct *work)
 
 	mutex_lock(&bvq->vq.mutex);
 	llist_for_each_entry_safe(req, tmp, llist_del_all(&bvq->done), node)
-		vhost_blk_req_free(req);
+		vhost_blk_req_put(req);
 	mutex_unlock(&bvq->vq.mutex);
 }
 
 /*
- * Reap the completions of the requests on polled queues (their I/O does
- * not interrupt).  Called with the vq mutex held; the completions go to
- * bvq->done.
+ * Reap the completions of the bios on polled queues (they do not
+ * interrupt), in one batch.  A worker's bios go to the hardware queue of
+ * its CPU, so one poll per queue serves them all.  Called with the vq
+ * mutex held; the completions go to bvq->done.
  */
 static void vhost_blk_poll_io(struct vhost_blk_vq *bvq)
 {
+	DEFINE_IO_COMP_BATCH(iob);
 	struct vhost_blk_req *req;
+	struct bio *last = NULL;
+	blk_qc_t cookie;
 
 	list_for_each_entry(req, &bvq->polled, poll_node) {
-		if (READ_ONCE(req->iocb.private)) {
-			req->iocb.ki_filp->f_op->iopoll(&req->iocb, NULL, 0);
-			if (!READ_ONCE(req->iocb.private))
-				bvq->stats.polled++;
-		}
+		if (READ_ONCE(req->io_done))
+			continue;
+		/* The bio is the request's until it is answered. */
+		cookie = READ_ONCE(req->bio->bi_cookie);
+		if (last && cookie == READ_ONCE(last->bi_cookie) &&
+		    req->bio->bi_bdev == last->bi_bdev)
+			continue;
+		last = req->bio;
+		bio_poll(req->bio, &iob, BLK_POLL_ONESHOT);
 	}
+	if (!rq_list_empty(&iob.req_list))
+		iob.complete(&iob);
+}
+
+/* Whether a request of the ring is in the device and must be polled. */
+static bool vhost_blk_owes_polls(struct vhost_blk_vq *bvq)
+{
+	struct vhost_blk_req *req;
+
+	list_for_each_entry(req, &bvq->polled, poll_node)
+		if (!READ_ONCE(req->io_done))
+			return true;
+	return false;
 }
 
 /*
@@ -407,39 +589,118 @@ static void vhost_blk_set_written(struct vhost_blk_req *req, size_t written)
 	req->used_len = written + 1 == req->in_len ? req->in_len : written;
 }
 
+/*
+ * The I/O of a request ended, in any context.  While the worker polls it
+ * finds the request on bvq->done in its loop; otherwise the first request
+ * on the list wakes it.
+ */
 static void vhost_blk_req_done(struct vhost_blk_req *req)
 {
 	struct vhost_blk_vq *bvq = req->bvq;
 
-	if (!atomic_dec_and_test(&req->ref))
-		return;
+	WRITE_ONCE(req->io_done, true);
 	/*
-	 * Once on the list, the request may be answered and freed by a
-	 * polling worker, and the device released: the RCU read section
-	 * keeps bvq alive until the work is queued (vhost_blk_settle()).
+	 * Once on the list, the request may be answered by a polling worker
+	 * and the device released: the RCU read section keeps bvq alive
+	 * until the work is queued (vhost_blk_settle()).  llist_add() is a
+	 * full barrier before bvq->polling is read (vhost_blk_serve()).
 	 */
 	rcu_read_lock();
-	llist_add(&req->node, &bvq->done);
-	if (!vhost_vq_work_queue(&bvq->vq, &bvq->done_work))
+	if (llist_add(&req->node, &bvq->done) && !READ_ONCE(bvq->polling) &&
+	    !vhost_vq_work_queue(&bvq->vq, &bvq->done_work))
 		queue_work(system_wq, &bvq->reap_work);
 	rcu_read_unlock();
 }
 
-/* The answer of a read or write, from its submitter or its completion. */
+static void vhost_blk_bio_end_io(struct bio *bio)
+{
+	struct vhost_blk_req *req = bio->bi_private;
+
+	if (likely(!bio->bi_status)) {
+		req->status = VIRTIO_BLK_S_OK;
+		if (req->data_len && !req->write)
+			vhost_blk_set_written(req, req->data_len);
+	} else if (bio->bi_status == BLK_STS_AGAIN &&
+		   bio->bi_opf & REQ_NOWAIT) {
+		/* No room in the device: submitted again, off the worker. */
+		req->again = true;
+		req->slow = VHOST_BLK_SLOW_BIO;
+	} else if (bio->bi_status == BLK_STS_NOTSUPP &&
+		   req->type == VIRTIO_BLK_T_WRITE_ZEROES) {
+		/*
+		 * The device advertised write-zeroes and cannot (a loop
+		 * device on a file system without ZERO_RANGE): zeroes are
+		 * written instead, off the worker.
+		 */
+		req->again = true;
+		req->slow = VHOST_BLK_SLOW_DISCARD;
+	} else if (bio->bi_status == BLK_STS_NOTSUPP &&
+		   req->type == VIRTIO_BLK_T_DISCARD) {
+		req->status = VIRTIO_BLK_S_UNSUPP;
+	} else {
+		req->status = VIRTIO_BLK_S_IOERR;
+	}
+	vhost_blk_req_done(req);
+}
+
+/*
+ * Submit the bio of a request from the worker, so that blk-mq gives it
+ * the hardware queue of the worker's CPU.  It never waits: a device that
+ * can refuse gets REQ_NOWAIT, and what it refuses is submitted again on
+ * vhost_blk_wq.  A read or write on a polled queue is polled by the
+ * worker while the ring polls.
+ */
+static void vhost_blk_bio_submit(struct vhost_blk_req *req, struct bio *bio,
+				 bool poll)
+{
+	struct vhost_blk_vq *bvq = req->bvq;
+
+	bio->bi_private = req;
+	bio->bi_end_io = vhost_blk_bio_end_io;
+	if (req->be->nowait)
+		bio->bi_opf |= REQ_NOWAIT;
+	if (poll && req->be->poll && bvq->vq.busyloop_timeout) {
+		bio->bi_opf |= REQ_POLLED;
+		req->polled = true;
+		list_add_tail(&req->poll_node, &bvq->polled);
+	}
+	req->bio = bio;
+	req->bio_iter = bio->bi_iter;
+	req->bio_vcnt = bio->bi_vcnt;
+	req->bio_pinned = bio_flagged(bio, BIO_PAGE_PINNED);
+	submit_bio(bio);
+}
+
+/* A refused bio, again, without REQ_NOWAIT: on vhost_blk_wq. */
+static void vhost_blk_bio_resubmit(struct vhost_blk_req *req)
+{
+	struct bio *bio = req->bio;
+
+	bio_reset(bio, req->be->bdev,
+		  bio->bi_opf & ~(REQ_NOWAIT | REQ_POLLED));
+	bio->bi_iter = req->bio_iter;
+	bio->bi_vcnt = req->bio_vcnt;
+	if (req->bio_pinned)
+		bio_set_flag(bio, BIO_PAGE_PINNED);
+	bio->bi_private = req;
+	bio->bi_end_io = vhost_blk_bio_end_io;
+	submit_bio(bio);
+}
+
+/* The answer of a read or write through the file. */
 static void vhost_blk_rw_done(struct vhost_blk_req *req, long ret)
 {
-	struct kiocb *iocb = &req->iocb;
-
-	if (ret == -EAGAIN && iocb->ki_flags & IOCB_NOWAIT) {
-		/* Answered later: the worker submits it again, unpolled. */
+	if (ret == -EAGAIN && req->iocb.ki_flags & IOCB_NOWAIT) {
+		/* Answered later: done again, off the worker. */
 		req->again = true;
+		req->slow = VHOST_BLK_SLOW_RW;
 		vhost_blk_req_done(req);
 		return;
 	}
 	/* A short transfer (past the end of a shrunk file) is an error. */
 	req->status = ret == req->data_len ? VIRTIO_BLK_S_OK :
 					     VIRTIO_BLK_S_IOERR;
-	if (!(iocb->ki_flags & IOCB_WRITE))
+	if (!req->write)
 		vhost_blk_set_written(req, ret > 0 ? ret : 0);
 	vhost_blk_req_done(req);
 }
@@ -484,73 +745,46 @@ static bool vhost_blk_dio_ok(struct vhost_blk_backend *be,
 	return !(iov_iter_alignment(data) & (SECTOR_SIZE - 1));
 }
 
-/* Whether a request of the ring is in the device and must be polled. */
-static bool vhost_blk_owes_polls(struct vhost_blk_vq *bvq)
-{
-	struct vhost_blk_req *req;
-
-	list_for_each_entry(req, &bvq->polled, poll_node)
-		if (READ_ONCE(req->iocb.private))
-			return true;
-	return false;
-}
-
 /*
- * Before the worker does what may sleep in the block layer (a submission
- * that may wait, the page cache, a flush, a discard): its polled requests
- * complete only when it polls them, and what it waits for may wait for
- * them (a queue freeze, as any write to the queue's sysfs attributes
- * makes, waits for every request in flight; a bio may merge into a polled
- * request still in the plug).  Dispatch the plug and poll until the
- * device holds no request of the ring that needs polling.  Called with
- * the vq mutex held.
+ * Keep what the request needs of the chain after the worker moved on: its
+ * iovecs and dirty-log entries.  A long chain is the one allocation a
+ * request may make; it does not wait while the ring owes polls.
  */
-static void vhost_blk_before_wait(struct vhost_blk_vq *bvq)
+static int vhost_blk_copy_chain(struct vhost_blk_req *req,
+				unsigned int log_num)
 {
-	struct blk_plug *plug = current->plug;
+	struct vhost_blk_vq *bvq = req->bvq;
+	unsigned int n = req->out_num + req->in_num;
+	gfp_t gfp = GFP_KERNEL_ACCOUNT;
 
-	if (!vhost_blk_owes_polls(bvq))
-		return;
-	if (plug) {
-		blk_finish_plug(plug);
-		blk_start_plug(plug);
+	if (req->iov)
+		return 0;
+	if (vhost_blk_owes_polls(bvq))
+		gfp = GFP_NOWAIT | __GFP_ACCOUNT | __GFP_NOWARN;
+	if (log_num) {
+		req->log = kmemdup_array(bvq->vq.log, log_num,
+					 sizeof(*req->log), gfp);
+		if (!req->log)
+			return -ENOMEM;
+		req->log_num = log_num;
 	}
-	while (vhost_blk_owes_polls(bvq)) {
-		vhost_blk_poll_io(bvq);
-		cond_resched();
+	if (n <= VHOST_BLK_INLINE_IOVS) {
+		req->iov = req->inline_iov;
+		memcpy(req->iov, bvq->vq.iov, n * sizeof(*req->iov));
+	} else {
+		req->iov = kmemdup_array(bvq->vq.iov, n, sizeof(*req->iov),
+					 gfp);
+		if (!req->iov)
+			return -ENOMEM;
 	}
-}
-
-/*
- * Through the VFS's checks (LSM, fsnotify, the position and length), as
- * read(2) and write(2) would go.
- */
-static ssize_t vhost_blk_rw_submit(struct vhost_blk_req *req,
-				   struct iov_iter *data, bool write)
-{
-	struct file *file = req->iocb.ki_filp;
-
-	if (!(req->iocb.ki_flags & IOCB_NOWAIT))
-		vhost_blk_before_wait(req->bvq);
-	if (write)
-		return vfs_iocb_iter_write(file, &req->iocb, data);
-	return vfs_iocb_iter_read(file, &req->iocb, data);
-}
-
-static void vhost_blk_unpoll(struct vhost_blk_req *req)
-{
-	req->iocb.ki_flags &= ~(IOCB_HIPRI | IOCB_NOWAIT);
-	if (req->polled) {
-		list_del(&req->poll_node);
-		req->polled = false;
-	}
+	return 0;
 }
 
 /* The data of a read or write, from the request's copy of the chain. */
 static void vhost_blk_data_iter(struct vhost_blk_req *req,
-				struct iov_iter *data, bool write)
+				struct iov_iter *data)
 {
-	if (write) {
+	if (req->write) {
 		iov_iter_init(data, ITER_SOURCE, req->iov, req->out_num,
 			      sizeof(struct virtio_blk_outhdr) + req->data_len);
 		iov_iter_advance(data, sizeof(struct virtio_blk_outhdr));
@@ -561,44 +795,149 @@ static void vhost_blk_data_iter(struct vhost_blk_req *req,
 }
 
 /*
- * Submit again, unpolled, a read or write whose polled submission found
- * the device busy.  Called by the worker, with the vq mutex held.
+ * Through the VFS's checks (LSM, fsnotify, the position and length), as
+ * read(2) and write(2) would go.
  */
-static void vhost_blk_rw_again(struct vhost_blk_req *req)
+static ssize_t vhost_blk_rw_submit(struct vhost_blk_req *req,
+				   struct iov_iter *data)
 {
-	bool write = req->iocb.ki_flags & IOCB_WRITE;
-	struct iov_iter data;
-	ssize_t ret;
+	struct file *file = req->iocb.ki_filp;
 
-	req->again = false;
-	vhost_blk_unpoll(req);
-	vhost_blk_data_iter(req, &data, write);
-	req->iocb.ki_pos = req->pos;
-	atomic_set(&req->ref, 2);
-	ret = vhost_blk_rw_submit(req, &data, write);
-	if (ret != -EIOCBQUEUED)
-		vhost_blk_rw_done(req, ret);
-	vhost_blk_req_done(req);
+	if (req->write)
+		return vfs_iocb_iter_write(file, &req->iocb, data);
+	return vfs_iocb_iter_read(file, &req->iocb, data);
 }
 
 /*
- * Reads and writes: asynchronous direct I/O on the guest's pages; buffers
- * that direct I/O cannot take (virtio lets a guest place them anywhere) go
- * through the page cache, synchronously.
- *
- * A polling ring polls the device too, where it can.  Its worker must not
- * sleep while requests wait to be polled (it is the one that polls them),
- * so a polled submission does not wait for the device either: with
- * IOCB_NOWAIT it fails with -EAGAIN when the device has no room (or must
- * split it), and is submitted again unpolled, which may wait.
+ * A read or write on vhost_blk_wq, synchronous: direct I/O where the
+ * buffers allow it, else through the page cache.  On a block device the
+ * page cache is written back and dropped again afterwards, so that the
+ * worker's bios, which bypass it, find it empty.
  */
-static int vhost_blk_rw(struct vhost_blk_req *req,
-			struct vhost_blk_backend *be, struct iov_iter *data,
+static ssize_t vhost_blk_rw_sync(struct vhost_blk_req *req)
+{
+	struct vhost_blk_backend *be = req->be;
+	struct address_space *mapping = be->file->f_mapping;
+	loff_t end = req->pos + req->data_len - 1;
+	struct iov_iter data;
+	ssize_t ret;
+	int err;
+
+	vhost_blk_data_iter(req, &data);
+	init_sync_kiocb(&req->iocb, be->file);
+	/* The guest addresses sectors, whatever the file's open flags. */
+	req->iocb.ki_flags &= ~IOCB_DIRECT;
+	if (req->write)
+		req->iocb.ki_flags |= IOCB_WRITE;
+	if (vhost_blk_dio_ok(be, &data, req->pos)) {
+		req->iocb.ki_flags |= IOCB_DIRECT;
+		req->iocb.ki_pos = req->pos;
+		ret = vhost_blk_rw_submit(req, &data);
+		/* The file system's own alignment rules: go buffered. */
+		if (ret != -EINVAL)
+			return ret;
+		vhost_blk_data_iter(req, &data);
+		req->iocb.ki_flags &= ~IOCB_DIRECT;
+	}
+	req->iocb.ki_pos = req->pos;
+	ret = vhost_blk_rw_submit(req, &data);
+	if (be->bdev && ret > 0) {
+		err = filemap_write_and_wait_range(mapping, req->pos, end);
+		if (err)
+			return err;
+		invalidate_inode_pages2_range(mapping, req->pos >> PAGE_SHIFT,
+					      end >> PAGE_SHIFT);
+	}
+	return ret;
+}
+
+/*
+ * A read or write on a block device as one bio built on the guest's
+ * pages, without copying the chain.  Returns -EAGAIN where it must take
+ * the slow path instead: buffers direct I/O cannot take, more pages than
+ * a bio holds, or pages of the device in the page cache (buffered
+ * requests, or another user of the device), which bios would bypass.
+ */
+static int vhost_blk_bio_rw(struct vhost_blk_req *req, struct iov_iter *data)
+{
+	struct vhost_blk_backend *be = req->be;
+	blk_opf_t opf = req->write ? REQ_OP_WRITE | REQ_SYNC | REQ_IDLE :
+				     REQ_OP_READ;
+	struct bio *bio;
+	int nr;
+
+	if (READ_ONCE(be->file->f_mapping->nrpages) ||
+	    !vhost_blk_dio_ok(be, data, req->pos))
+		return -EAGAIN;
+	nr = iov_iter_npages(data, BIO_MAX_VECS + 1);
+	if (nr > BIO_MAX_VECS)
+		return -EAGAIN;
+	if (nr <= VHOST_BLK_INLINE_VECS) {
+		bio = &req->inline_bio;
+		bio_init(bio, be->bdev, req->inline_vecs,
+			 VHOST_BLK_INLINE_VECS, opf);
+	} else {
+		bio = bio_alloc_bioset(be->bdev, nr, opf,
+				       GFP_NOWAIT | __GFP_NOWARN,
+				       &vhost_blk_bio_set);
+		if (!bio)
+			return -EAGAIN;
+	}
+	bio->bi_iter.bi_sector = req->pos >> SECTOR_SHIFT;
+	if (bio_iov_iter_get_pages(bio, data) || iov_iter_count(data)) {
+		bio_release_pages(bio, false);
+		if (bio == &req->inline_bio)
+			bio_uninit(bio);
+		else
+			bio_put(bio);
+		return -EAGAIN;
+	}
+	vhost_blk_bio_submit(req, bio, true);
+	return 0;
+}
+
+/*
+ * A read or write on a regular file: asynchronous direct I/O through the
+ * file, IOCB_NOWAIT where the file supports it; what would wait, and
+ * buffers direct I/O cannot take, go to vhost_blk_wq.
+ */
+static void vhost_blk_file_rw(struct vhost_blk_req *req,
+			      struct iov_iter *data)
+{
+	struct file *file = req->be->file;
+	struct kiocb *iocb = &req->iocb;
+	ssize_t ret;
+
+	if (!vhost_blk_dio_ok(req->be, data, req->pos)) {
+		vhost_blk_slow(req, VHOST_BLK_SLOW_RW);
+		return;
+	}
+	init_sync_kiocb(iocb, file);
+	iocb->ki_flags |= IOCB_DIRECT;
+	if (file->f_mode & FMODE_NOWAIT)
+		iocb->ki_flags |= IOCB_NOWAIT;
+	if (req->write)
+		iocb->ki_flags |= IOCB_WRITE;
+	iocb->ki_pos = req->pos;
+	iocb->ki_complete = vhost_blk_rw_complete;
+	ret = vhost_blk_rw_submit(req, data);
+	if (ret == -EIOCBQUEUED)
+		return;
+	if ((ret == -EAGAIN && iocb->ki_flags & IOCB_NOWAIT) ||
+	    ret == -EINVAL) {
+		vhost_blk_slow(req, VHOST_BLK_SLOW_RW);
+		return;
+	}
+	vhost_blk_rw_done(req, ret);
+}
+
+/* Reads and writes; returns a status, -EIOCBQUEUED or -ENOMEM. */
+static int vhost_blk_rw(struct vhost_blk_req *req, struct iov_iter *data,
 			u64 sector, bool write)
 {
+	struct vhost_blk_backend *be = req->be;
 	size_t len = iov_iter_count(data);
-	struct iov_iter saved;
-	ssize_t ret;
+	int ret;
 
 	if (len & (SECTOR_SIZE - 1) || len > VHOST_BLK_MAX_DATA ||
 	    !vhost_blk_range_ok(be, sector, len >> SECTOR_SHIFT))
@@ -609,63 +948,48 @@ static int vhost_blk_rw(struct vhost_blk_req *req,
 		return VIRTIO_BLK_S_OK;
 
 	req->data_len = len;
+	req->write = write;
 	if (!write)
 		req->dirty_len = len;
 	req->pos = sector << SECTOR_SHIFT;
-	init_sync_kiocb(&req->iocb, be->file);
-	/* The guest addresses sectors, whatever the file's open flags. */
-	req->iocb.ki_flags &= ~IOCB_DIRECT;
-	req->iocb.ki_pos = req->pos;
-	if (vhost_blk_dio_ok(be, data, req->pos)) {
-		req->iocb.ki_flags |= IOCB_DIRECT;
-		req->iocb.ki_complete = vhost_blk_rw_complete;
-		if (be->poll && req->bvq->vq.busyloop_timeout) {
-			req->iocb.ki_flags |= IOCB_HIPRI | IOCB_NOWAIT;
-			req->polled = true;
-			list_add_tail(&req->poll_node, &req->bvq->polled);
-		}
+	if (!be->bdev) {
+		vhost_blk_file_rw(req, data);
+		return -EIOCBQUEUED;
 	}
-	if (write)
-		req->iocb.ki_flags |= IOCB_WRITE;
-	atomic_set(&req->ref, 2);
-
-	/* An iovec iterator does not change its array: a copy restores it. */
-	saved = *data;
-	ret = vhost_blk_rw_submit(req, data, write);
-	/*
-	 * Refused at once, through the completion: the bio that the block
-	 * device keeps in iocb->private for polling is gone already.
-	 */
-	if (unlikely(req->again)) {
-		req->iocb.private = NULL;
-		vhost_blk_unpoll(req);
-	}
-	if (ret == -EAGAIN && req->iocb.ki_flags & IOCB_NOWAIT) {
-		/* It would have waited (for the page cache): unpolled. */
-		*data = saved;
-		vhost_blk_unpoll(req);
-		req->iocb.ki_pos = req->pos;
-		ret = vhost_blk_rw_submit(req, data, write);
-	}
-	if (ret == -EINVAL && req->iocb.ki_flags & IOCB_DIRECT) {
-		/* The file system's own alignment rules: go buffered. */
-		*data = saved;
-		vhost_blk_unpoll(req);
-		req->iocb.ki_flags &= ~IOCB_DIRECT;
-		req->iocb.ki_complete = NULL;
-		req->iocb.ki_pos = req->pos;
-		ret = vhost_blk_rw_submit(req, data, write);
-	}
-	if (ret != -EIOCBQUEUED)
-		vhost_blk_rw_done(req, ret);
-	vhost_blk_req_done(req);
+	if (!vhost_blk_bio_rw(req, data))
+		return -EIOCBQUEUED;
+	ret = vhost_blk_copy_chain(req, 0);
+	if (ret)
+		return ret;
+	vhost_blk_slow(req, VHOST_BLK_SLOW_RW);
 	return -EIOCBQUEUED;
 }
 
 /*
- * Discard on a block device.  The device changes under the page cache,
- * which buffered requests may have filled: write back and drop the cached
- * pages of the range first, and keep the cache from filling meanwhile.
+ * Flush: on a block device an empty REQ_PREFLUSH bio, unless its page
+ * cache holds data not yet on the device (buffered requests); then, and
+ * on a file, vfs_fsync() on vhost_blk_wq.
+ */
+static void vhost_blk_flush(struct vhost_blk_req *req)
+{
+	struct vhost_blk_backend *be = req->be;
+	struct address_space *mapping = be->file->f_mapping;
+
+	if (be->bdev && !mapping_tagged(mapping, PAGECACHE_TAG_DIRTY) &&
+	    !mapping_tagged(mapping, PAGECACHE_TAG_WRITEBACK)) {
+		bio_init(&req->inline_bio, be->bdev, NULL, 0,
+			 REQ_OP_WRITE | REQ_PREFLUSH);
+		vhost_blk_bio_submit(req, &req->inline_bio, false);
+		return;
+	}
+	vhost_blk_slow(req, VHOST_BLK_SLOW_FLUSH);
+}
+
+/*
+ * Discard on a block device, on vhost_blk_wq.  The device changes under
+ * the page cache, which buffered requests may have filled: write back and
+ * drop the cached pages of the range first, and keep the cache from
+ * filling meanwhile.
  */
 static int vhost_blk_bdev_discard(struct vhost_blk_backend *be, loff_t pos,
 				  loff_t len)
@@ -673,8 +997,6 @@ static int vhost_blk_bdev_discard(struct vhost_blk_backend *be, loff_t pos,
 	struct address_space *mapping = be->file->f_mapping;
 	int ret;
 
-	if (!bdev_max_discard_sectors(be->bdev))
-		return VIRTIO_BLK_S_UNSUPP;
 	filemap_invalidate_lock(mapping);
 	ret = filemap_write_and_wait_range(mapping, pos, pos + len - 1);
 	if (!ret)
@@ -687,35 +1009,14 @@ static int vhost_blk_bdev_discard(struct vhost_blk_backend *be, loff_t pos,
 	return ret ? VIRTIO_BLK_S_IOERR : VIRTIO_BLK_S_OK;
 }
 
-/* One segment of a discard or write-zeroes request. */
-static int vhost_blk_discard(struct vhost_blk_backend *be,
-			     struct iov_iter *data, u32 type, bool read_only)
+/* Discard or write-zeroes on vhost_blk_wq; returns the status. */
+static int vhost_blk_discard_sync(struct vhost_blk_req *req)
 {
-	struct virtio_blk_discard_write_zeroes seg;
-	bool unmap, zero = type == VIRTIO_BLK_T_WRITE_ZEROES;
-	u64 sector, nr;
-	loff_t pos, len;
-	u32 flags;
+	struct vhost_blk_backend *be = req->be;
+	bool zero = req->type == VIRTIO_BLK_T_WRITE_ZEROES;
+	loff_t pos = req->pos, len = req->len;
 	int mode, ret;
 
-	if (iov_iter_count(data) != sizeof(seg) * VHOST_BLK_MAX_DISCARD_SEG)
-		return VIRTIO_BLK_S_UNSUPP;
-	if (copy_from_iter(&seg, sizeof(seg), data) != sizeof(seg))
-		return VIRTIO_BLK_S_IOERR;
-	sector = le64_to_cpu(seg.sector);
-	nr = le32_to_cpu(seg.num_sectors);
-	flags = le32_to_cpu(seg.flags);
-	unmap = flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP;
-	if (flags & ~VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP || (unmap && !zero))
-		return VIRTIO_BLK_S_UNSUPP;
-	if (read_only || nr > VHOST_BLK_MAX_DISCARD_SECTORS ||
-	    !vhost_blk_range_ok(be, sector, nr))
-		return VIRTIO_BLK_S_IOERR;
-	if (!nr)
-		return VIRTIO_BLK_S_OK;
-
-	pos = sector << SECTOR_SHIFT;
-	len = nr << SECTOR_SHIFT;
 	if (be->bdev && !zero)
 		return vhost_blk_bdev_discard(be, pos, len);
 
@@ -724,7 +1025,8 @@ static int vhost_blk_discard(struct vhost_blk_backend *be,
 	 * of the range, which buffered requests may have filled, first.
 	 */
 	mode = FALLOC_FL_KEEP_SIZE;
-	mode |= zero && !unmap ? FALLOC_FL_ZERO_RANGE : FALLOC_FL_PUNCH_HOLE;
+	mode |= zero && !req->unmap ? FALLOC_FL_ZERO_RANGE :
+				      FALLOC_FL_PUNCH_HOLE;
 	ret = vfs_fallocate(be->file, mode, pos, len);
 	/* Without ZERO_RANGE (tmpfs), a punched hole reads back as zeroes. */
 	if (ret == -EOPNOTSUPP && mode & FALLOC_FL_ZERO_RANGE && !be->bdev)
@@ -744,6 +1046,100 @@ static int vhost_blk_discard(struct vhost_blk_backend *be,
 	return ret ? VIRTIO_BLK_S_IOERR : VIRTIO_BLK_S_OK;
 }
 
+/*
+ * One segment of a discard or write-zeroes request; returns a status or
+ * -EIOCBQUEUED.  On a block device whose page cache is empty, a bio;
+ * otherwise the page cache is kept coherent on vhost_blk_wq.
+ */
+static int vhost_blk_discard(struct vhost_blk_req *req,
+			     struct iov_iter *data, bool read_only)
+{
+	struct virtio_blk_discard_write_zeroes seg;
+	struct vhost_blk_backend *be = req->be;
+	bool zero = req->type == VIRTIO_BLK_T_WRITE_ZEROES;
+	struct bio *bio = &req->inline_bio;
+	blk_opf_t opf;
+	u64 sector, nr;
+	u32 flags;
+
+	if (iov_iter_count(data) != sizeof(seg) * VHOST_BLK_MAX_DISCARD_SEG)
+		return VIRTIO_BLK_S_UNSUPP;
+	if (copy_from_iter(&seg, sizeof(seg), data) != sizeof(seg))
+		return VIRTIO_BLK_S_IOERR;
+	sector = le64_to_cpu(seg.sector);
+	nr = le32_to_cpu(seg.num_sectors);
+	flags = le32_to_cpu(seg.flags);
+	req->unmap = flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP;
+	if (flags & ~VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP || (req->unmap && !zero))
+		return VIRTIO_BLK_S_UNSUPP;
+	if (read_only || nr > VHOST_BLK_MAX_DISCARD_SECTORS ||
+	    !vhost_blk_range_ok(be, sector, nr))
+		return VIRTIO_BLK_S_IOERR;
+	if (!nr)
+		return VIRTIO_BLK_S_OK;
+	req->pos = sector << SECTOR_SHIFT;
+	req->len = nr << SECTOR_SHIFT;
+
+	if (be->bdev) {
+		if (!zero && !bdev_max_discard_sectors(be->bdev))
+			return VIRTIO_BLK_S_UNSUPP;
+		if ((req->pos | req->len) &
+		    (bdev_logical_block_size(be->bdev) - 1))
+			return VIRTIO_BLK_S_IOERR;
+		if (!READ_ONCE(be->file->f_mapping->nrpages) &&
+		    (!zero || bdev_write_zeroes_sectors(be->bdev))) {
+			opf = zero ? REQ_OP_WRITE_ZEROES : REQ_OP_DISCARD;
+			if (zero && !req->unmap)
+				opf |= REQ_NOUNMAP;
+			bio_init(bio, be->bdev, NULL, 0, opf);
+			bio->bi_iter.bi_sector = sector;
+			bio->bi_iter.bi_size = req->len;
+			vhost_blk_bio_submit(req, bio, false);
+			return -EIOCBQUEUED;
+		}
+	}
+	vhost_blk_slow(req, VHOST_BLK_SLOW_DISCARD);
+	return -EIOCBQUEUED;
+}
+
+/*
+ * What the worker handed off, on vhost_blk_wq: here a request may wait.
+ * A read or write reaches the guest's memory through the device owner's
+ * address space, and the file is used with its opener's credentials.
+ */
+static void vhost_blk_slow_work(struct work_struct *work)
+{
+	struct vhost_blk_req *req = container_of(work, struct vhost_blk_req,
+						 work);
+	struct mm_struct *mm = req->bvq->blk->dev.mm;
+	const struct cred *cred;
+	ssize_t ret;
+
+	if (req->slow == VHOST_BLK_SLOW_BIO) {
+		vhost_blk_bio_resubmit(req);
+		return;
+	}
+	cred = override_creds(req->be->file->f_cred);
+	switch (req->slow) {
+	case VHOST_BLK_SLOW_RW:
+		kthread_use_mm(mm);
+		ret = vhost_blk_rw_sync(req);
+		kthread_unuse_mm(mm);
+		revert_creds(cred);
+		vhost_blk_rw_done(req, ret);
+		return;
+	case VHOST_BLK_SLOW_FLUSH:
+		req->status = vfs_fsync(req->be->file, 0) ? VIRTIO_BLK_S_IOERR :
+							    VIRTIO_BLK_S_OK;
+		break;
+	default:
+		req->status = vhost_blk_discard_sync(req);
+		break;
+	}
+	revert_creds(cred);
+	vhost_blk_req_done(req);
+}
+
 static int vhost_blk_get_id(struct vhost_blk *blk, struct iov_iter *data,
 			    u32 *written)
 {
@@ -757,7 +1153,9 @@ static int vhost_blk_get_id(struct vhost_blk *blk, struct iov_iter *data,
 
 /*
  * Serve one chain.  Returns 0 when the request is answered or under way,
- * or -EINVAL when the chain has no status byte and cannot be answered.
+ * -EINVAL when the chain has no status byte and cannot be answered, or
+ * -ENOBUFS / -ENOMEM when it went back to the ring (no free request, no
+ * memory).
  */
 static int vhost_blk_handle_req(struct vhost_blk_vq *bvq,
 				struct vhost_blk_backend *be, int head,
@@ -770,7 +1168,7 @@ static int vhost_blk_handle_req(struct vhost_blk_vq *bvq,
 	struct iov_iter out_iter, in_iter;
 	struct vhost_blk_req *req;
 	struct iovec *last;
-	u32 type, written = 0;
+	u32 written = 0;
 	size_t in_len;
 	u64 sector;
 	int status;
@@ -781,59 +1179,53 @@ static int vhost_blk_handle_req(struct vhost_blk_vq *bvq,
 		return -EINVAL;
 	}
 
-	req = kmem_cache_zalloc(vhost_blk_req_cache, GFP_KERNEL);
-	if (!req)
-		goto err_nomem;
-	req->iov = kmemdup_array(vq->iov, out + in, sizeof(*req->iov),
-				 GFP_KERNEL);
-	if (!req->iov)
-		goto err_free_req;
-	if (unlikely(log_num)) {
-		req->log = kmemdup_array(vq->log, log_num, sizeof(*req->log),
-					 GFP_KERNEL);
-		if (!req->log)
-			goto err_free_iov;
-		req->log_num = log_num;
+	req = vhost_blk_req_get(bvq);
+	if (!req) {
+		status = -ENOBUFS;
+		goto err_discard;
 	}
-	req->bvq = bvq;
+	req->be = be;
 	req->head = head;
 	req->out_num = out;
 	req->in_num = in;
-	atomic_inc(&bvq->inflight);
-	WRITE_ONCE(bvq->taken, true);
+	/* A file's request may be done again off the worker. */
+	if (!be->bdev || log_num) {
+		status = vhost_blk_copy_chain(req, log_num);
+		if (status)
+			goto err_put;
+	}
 
 	/* The status byte is the last byte the device may write. */
-	last = &req->iov[out + in - 1];
+	last = &vq->iov[out + in - 1];
 	while (!last->iov_len)
 		last--;
 	req->status_ptr = (u8 __user *)last->iov_base + last->iov_len - 1;
 	req->in_len = in_len;
 	vhost_blk_set_written(req, 0);
 
-	iov_iter_init(&out_iter, ITER_SOURCE, req->iov, out,
-		      iov_length(req->iov, out));
-	iov_iter_init(&in_iter, ITER_DEST, req->iov + out, in, in_len - 1);
+	iov_iter_init(&out_iter, ITER_SOURCE, vq->iov, out,
+		      iov_length(vq->iov, out));
+	iov_iter_init(&in_iter, ITER_DEST, vq->iov + out, in, in_len - 1);
 
 	if (copy_from_iter(&hdr, sizeof(hdr), &out_iter) != sizeof(hdr)) {
 		status = VIRTIO_BLK_S_IOERR;
 		goto answer;
 	}
-	type = vhost32_to_cpu(vq, hdr.type);
+	req->type = vhost32_to_cpu(vq, hdr.type);
 	sector = vhost64_to_cpu(vq, hdr.sector);
 
-	switch (type) {
+	switch (req->type) {
 	case VIRTIO_BLK_T_IN:
 		status = iov_iter_count(&out_iter) ? VIRTIO_BLK_S_IOERR :
-			 vhost_blk_rw(req, be, &in_iter, sector, false);
+			 vhost_blk_rw(req, &in_iter, sector, false);
 		break;
 	case VIRTIO_BLK_T_OUT:
 		status = iov_iter_count(&in_iter) ? VIRTIO_BLK_S_IOERR :
-			 vhost_blk_rw(req, be, &out_iter, sector, true);
+			 vhost_blk_rw(req, &out_iter, sector, true);
 		break;
 	case VIRTIO_BLK_T_FLUSH:
-		vhost_blk_before_wait(bvq);
-		status = vfs_fsync(be->file, 0) ? VIRTIO_BLK_S_IOERR :
-						  VIRTIO_BLK_S_OK;
+		vhost_blk_flush(req);
+		status = -EIOCBQUEUED;
 		break;
 	case VIRTIO_BLK_T_GET_ID:
 		status = vhost_blk_get_id(blk, &in_iter, &written);
@@ -842,14 +1234,13 @@ static int vhost_blk_handle_req(struct vhost_blk_vq *bvq,
 	case VIRTIO_BLK_T_DISCARD:
 	case VIRTIO_BLK_T_WRITE_ZEROES:
 		/* Only what was negotiated (QEMU's discard=off, ...). */
-		if (!vhost_has_feature(vq, type == VIRTIO_BLK_T_DISCARD ?
+		if (!vhost_has_feature(vq, req->type == VIRTIO_BLK_T_DISCARD ?
 				       VIRTIO_BLK_F_DISCARD :
 				       VIRTIO_BLK_F_WRITE_ZEROES)) {
 			status = VIRTIO_BLK_S_UNSUPP;
 			break;
 		}
-		vhost_blk_before_wait(bvq);
-		status = vhost_blk_discard(be, &out_iter, type,
+		status = vhost_blk_discard(req, &out_iter,
 					   vhost_blk_read_only(bvq, be));
 		break;
 	default:
@@ -858,27 +1249,27 @@ static int vhost_blk_handle_req(struct vhost_blk_vq *bvq,
 	}
 	if (status == -EIOCBQUEUED)
 		return 0;
+	if (unlikely(status == -ENOMEM))
+		goto err_put;
 answer:
 	req->status = status;
 	vhost_blk_set_written(req, written);
-	atomic_set(&req->ref, 1);
 	vhost_blk_req_done(req);
 	return 0;
 
-err_free_iov:
-	kfree(req->iov);
-err_free_req:
-	kmem_cache_free(vhost_blk_req_cache, req);
-err_nomem:
-	/* Give the chain back; it is served on the next kick. */
+err_put:
+	vhost_blk_req_put(req);
+err_discard:
+	/* Give the chain back; it is served again later. */
 	vhost_discard_vq_desc(vq, 1);
-	return -ENOMEM;
+	return status;
 }
 
 /*
- * Take the requests the guest has made available, until the ring is empty
- * or the ring's share of the worker is used up (*weight set).  Returns how
- * many were taken, or -EIO when the ring stopped.
+ * Take the requests the guest has made available, until the ring is empty,
+ * the ring's share of the worker is used up or its pool is (*weight set,
+ * bvq->starved).  Returns how many were taken, or -EIO when the ring
+ * stopped.
  */
 static int vhost_blk_take(struct vhost_blk_vq *bvq,
 			  struct vhost_blk_backend *be, struct vhost_log *log,
@@ -890,6 +1281,7 @@ static int vhost_blk_take(struct vhost_blk_vq *bvq,
 	int head, ret, reqs = 0;
 	size_t bytes = 0;
 
+	bvq->starved = false;
 	for (;;) {
 		head = vhost_get_vq_desc(vq, vq->iov, ARRAY_SIZE(vq->iov),
 					 &out, &in, log, &log_num);
@@ -902,6 +1294,11 @@ static int vhost_blk_take(struct vhost_blk_vq *bvq,
 			return reqs;
 		bytes += iov_length(vq->iov, out + in);
 		ret = vhost_blk_handle_req(bvq, be, head, out, in, log_num);
+		if (unlikely(ret == -ENOBUFS)) {
+			/* Every request is in flight: resumed by an answer. */
+			bvq->starved = true;
+			return reqs;
+		}
 		if (unlikely(ret == -ENOMEM)) {
 			/* The chain went back to the ring: try again later. */
 			*weight = true;
@@ -926,6 +1323,8 @@ static int vhost_blk_take(struct vhost_blk_vq *bvq,
  * poll budget (busyloop_timeout, microseconds) without work, notifications
  * are enabled again, the ring re-checked, and the worker sleeps.  It yields
  * to other work, the scheduler and signals by queueing itself again.
+ * While it loops, the requests whose I/O ends are answered by the loop
+ * (bvq->polling), without waking it.
  */
 static void vhost_blk_serve(struct vhost_blk_vq *bvq)
 {
@@ -950,13 +1349,14 @@ static void vhost_blk_serve(struct vhost_blk_vq *bvq)
 		log = vq->log;
 	budget_ns = (u64)vq->busyloop_timeout * NSEC_PER_USEC;
 
+	WRITE_ONCE(bvq->polling, true);
 	vhost_disable_notify(dev, vq);
 	for (;;) {
 		blk_start_plug(&plug);
 		taken = vhost_blk_take(bvq, be, log, &weight);
 		blk_finish_plug(&plug);
 		if (taken < 0)
-			goto stopped;
+			break;
 		vhost_blk_poll_io(bvq);
 		done = vhost_blk_complete(bvq);
 		if (taken || done) {
@@ -968,16 +1368,20 @@ static void vhost_blk_serve(struct vhost_blk_vq *bvq)
 			if (!bvq->idle_since)
 				bvq->idle_since = now;
 		}
-		/* The budget counts across yields: idle polling ends. */
-		if (!taken && !done && list_empty(&bvq->polled) &&
-		    now - bvq->idle_since >= budget_ns) {
-			bvq->idle_since = 0;
-			/* Sleep until kicked, unless more snuck in. */
-			if (unlikely(vhost_enable_notify(dev, vq))) {
-				vhost_disable_notify(dev, vq);
-				continue;
+		if (!taken && !done && list_empty(&bvq->polled)) {
+			/* Out of requests: the next answer resumes it. */
+			if (bvq->starved)
+				break;
+			/* The budget counts across yields: idle polling ends. */
+			if (now - bvq->idle_since >= budget_ns) {
+				bvq->idle_since = 0;
+				/* Sleep until kicked, unless more snuck in. */
+				if (unlikely(vhost_enable_notify(dev, vq))) {
+					vhost_disable_notify(dev, vq);
+					continue;
+				}
+				break;
 			}
-			break;
 		}
 		/* Let other work of this worker, the scheduler, signals in. */
 		if (weight || need_resched() || signal_pending(current) ||
@@ -988,6 +1392,17 @@ static void vhost_blk_serve(struct vhost_blk_vq *bvq)
 		if (!taken && !done)
 			cpu_relax();
 	}
+	/*
+	 * What ends from now on wakes the worker: one of it and the
+	 * completion sees the other.
+	 */
+	WRITE_ONCE(bvq->polling, false);
+	/* The flag before the list; pairs with vhost_blk_req_done(). */
+	smp_mb();
+	if (!llist_empty(&bvq->done))
+		vhost_vq_work_queue(vq, &bvq->done_work);
+	if (taken < 0)
+		goto stopped;
 out:
 	mutex_unlock(&vq->mutex);
 	return;
@@ -1088,6 +1503,11 @@ static struct vhost_blk_backend *vhost_blk_stop(struct vhost_blk *blk)
 	for (i = 0; i < blk->nvqs; i++)
 		vhost_blk_drain_vq(&blk->vqs[i]);
 	vhost_blk_settle(blk);
+	for (i = 0; i < blk->nvqs; i++) {
+		mutex_lock(&blk->vqs[i].vq.mutex);
+		vhost_blk_pool_free(&blk->vqs[i]);
+		mutex_unlock(&blk->vqs[i].vq.mutex);
+	}
 	blk->backend = NULL;
 	return be;
 }
@@ -1133,13 +1553,14 @@ static struct vhost_blk_backend *vhost_blk_backend_get(int fd)
 	if (S_ISBLK(inode->i_mode)) {
 		be->bdev = I_BDEV(file->f_mapping->host);
 		be->capacity = bdev_nr_sectors(be->bdev);
+		be->nowait = bdev_nowait(be->bdev);
 		/*
-		 * Polled submissions must not wait (vhost_blk_rw()), so only
-		 * a device that can refuse instead of waiting is polled.
+		 * The worker must not wait while it owes polls, so only a
+		 * device that can refuse instead of waiting is polled.
 		 */
-		be->poll = file->f_op->iopoll &&
+		be->poll = be->nowait &&
 			   bdev_get_queue(be->bdev)->limits.features &
-			   BLK_FEAT_POLL && bdev_nowait(be->bdev);
+			   BLK_FEAT_POLL;
 	} else {
 		be->capacity = i_size_read(inode) >> SECTOR_SHIFT;
 	}
@@ -1168,7 +1589,11 @@ static int vhost_blk_start(struct vhost_blk *blk,
 		if (vq->desc) {
 			if (!vhost_vq_access_ok(vq)) {
 				ret = -EFAULT;
-			} else {
+			} else if (!blk->vqs[i].pool) {
+				ret = vhost_blk_pool_alloc(&blk->vqs[i],
+							   vq->num);
+			}
+			if (!ret) {
 				vhost_vq_set_backend(vq, be);
 				ret = vhost_vq_init_access(vq);
 				if (ret)
@@ -1579,9 +2004,14 @@ static int __init vhost_blk_init(void)
 {
 	int ret;
 
-	vhost_blk_req_cache = KMEM_CACHE(vhost_blk_req, 0);
-	if (!vhost_blk_req_cache)
-		return -ENOMEM;
+	ret = bioset_init(&vhost_blk_bio_set, BIO_POOL_SIZE, 0,
+			  BIOSET_NEED_BVECS);
+	if (ret)
+		return ret;
+	ret = -ENOMEM;
+	vhost_blk_wq = alloc_workqueue(KBUILD_MODNAME, WQ_UNBOUND, 0);
+	if (!vhost_blk_wq)
+		goto err_bioset;
 	vhost_blk_debugfs = debugfs_create_dir(KBUILD_MODNAME, NULL);
 	ret = misc_register(&vhost_blk_misc);
 	if (ret)
@@ -1590,7 +2020,9 @@ static int __init vhost_blk_init(void)
 
 err_remove_debugfs:
 	debugfs_remove_recursive(vhost_blk_debugfs);
-	kmem_cache_destroy(vhost_blk_req_cache);
+	destroy_workqueue(vhost_blk_wq);
+err_bioset:
+	bioset_exit(&vhost_blk_bio_set);
 	return ret;
 }
 module_init(vhost_blk_init);
@@ -1599,7 +2031,8 @@ static void __exit vhost_blk_exit(void)
 {
 	misc_deregister(&vhost_blk_misc);
 	debugfs_remove_recursive(vhost_blk_debugfs);
-	kmem_cache_destroy(vhost_blk_req_cache);
+	destroy_workqueue(vhost_blk_wq);
+	bioset_exit(&vhost_blk_bio_set);
 }
 module_exit(vhost_blk_exit);
 

@@ -2696,6 +2696,7 @@ TEST_F(vmm, polling_serves_without_kicks)
 	uint64_t data;
 	struct used u;
 	unsigned int i;
+	bool kicked;
 
 	data = galloc(v, 1, 4096, 4096);
 	fill_rand(gpa_to_hva(v, data, 4096), 4096, next_seed(c));
@@ -2709,8 +2710,11 @@ TEST_F(vmm, polling_serves_without_kicks)
 	EXPECT_EQ(1500000, st0.poll_us);
 
 	ASSERT_LE(0, add_write(c, 0, 300, data));
-	/* No kick is owed if the ring still polls after check_alive(). */
-	vq_kick(v, 0);
+	/*
+	 * No kick is owed if the ring still polls after check_alive() (its
+	 * worker may have yielded and come back with the new budget).
+	 */
+	kicked = vq_kick(v, 0);
 	ASSERT_TRUE(vq_spin(vq, WAIT_MS));
 	ASSERT_EQ(1, vq_get_used(v, 0, &u));
 	for (i = 0; i < 50; i++) {
@@ -2727,7 +2731,7 @@ TEST_F(vmm, polling_serves_without_kicks)
 		EXPECT_EQ(VIRTIO_BLK_S_OK, *gptr(v, c->st));
 	}
 	ASSERT_EQ(0, vmm_read_stats(v, 0, &st1));
-	EXPECT_EQ(1, st1.kicks - st0.kicks);
+	EXPECT_EQ(kicked, st1.kicks - st0.kicks);
 	EXPECT_EQ(51, st1.requests - st0.requests);
 	EXPECT_LT(0, st1.busy - st0.busy);
 
