@@ -162,6 +162,8 @@ struct vhost_blk_stats {
 	u64 idle_passes;
 	/* Updates of the used ring: requests / batches is the batch size. */
 	u64 batches;
+	/* Requests handed to vhost_blk_wq, where they may wait. */
+	u64 slow;
 };
 
 struct vhost_blk_vq {
@@ -453,6 +455,7 @@ static void vhost_blk_slow(struct vhost_blk_req *req, enum vhost_blk_slow op)
 	req->again = false;
 	req->io_done = false;
 	req->slow = op;
+	req->bvq->stats.slow++;
 	INIT_WORK(&req->work, vhost_blk_slow_work);
 	queue_work(vhost_blk_wq, &req->work);
 }
@@ -1750,18 +1753,20 @@ static int vhost_blk_stats_show(struct seq_file *m, void *data)
 	struct vhost_blk *blk = m->private;
 	unsigned int i;
 
-	seq_puts(m, "vq requests kicks signals busy_passes idle_passes batches inflight poll_us cpu polled\n");
+	seq_puts(m, "vq requests kicks signals busy_passes idle_passes batches inflight poll_us cpu polled slow\n");
 	for (i = 0; i < blk->nvqs; i++) {
 		struct vhost_blk_vq *bvq = &blk->vqs[i];
 		struct vhost_blk_stats *st = &bvq->stats;
 
-		seq_printf(m, "%u %llu %llu %llu %llu %llu %llu %d %u %d %llu\n", i,
+		seq_printf(m, "%u %llu %llu %llu %llu %llu %llu %d %u %d %llu %llu\n",
+			   i,
 			   READ_ONCE(st->requests), READ_ONCE(st->kicks),
 			   READ_ONCE(st->signals), READ_ONCE(st->busy_passes),
 			   READ_ONCE(st->idle_passes), READ_ONCE(st->batches),
 			   atomic_read(&bvq->inflight),
 			   READ_ONCE(bvq->vq.busyloop_timeout),
-			   READ_ONCE(bvq->cpu), READ_ONCE(st->polled));
+			   READ_ONCE(bvq->cpu), READ_ONCE(st->polled),
+			   READ_ONCE(st->slow));
 	}
 	return 0;
 }

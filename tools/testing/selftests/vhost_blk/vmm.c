@@ -445,10 +445,11 @@ int vmm_read_stats(struct vmm *v, unsigned int q, struct vq_stats *st)
 	if (!f)
 		return -errno;
 	while (fgets(line, sizeof(line), f)) {
-		if (sscanf(line, "%u %llu %llu %llu %llu %llu %llu %d %u %d %llu",
+		if (sscanf(line, "%u %llu %llu %llu %llu %llu %llu %d %u %d %llu %llu",
 			   &i, &st->requests, &st->kicks, &st->signals,
 			   &st->busy, &st->idle, &st->batches, &st->inflight,
-			   &st->poll_us, &st->cpu, &st->polled) == 11 &&
+			   &st->poll_us, &st->cpu, &st->polled,
+			   &st->slow) == 12 &&
 		    i == q) {
 			ret = 0;
 			break;

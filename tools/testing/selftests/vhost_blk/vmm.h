@@ -112,7 +112,7 @@ struct vq_stats {
 	int inflight;
 	unsigned int poll_us;
 	int cpu;
-	unsigned long long polled;
+	unsigned long long polled, slow;
 };
 
 /**
