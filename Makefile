@@ -124,7 +124,7 @@ bench-host: all $(BENCH_PLUGIN)
 	$(SELFTESTS)/vm-run -c 3 -m 2G -t 3600 -O $(BUILD)/bench/bench-host-raw \
 		-p nohz_full=1-2 \
 		$(if $(filter tcg,$(BENCH_ACCEL)),-a -plugin -a $(BENCH_PLUGIN)$(comma)out=$(BENCH_INSNS)) \
-		$(foreach v,BENCH_SECONDS BENCH_POLL_US BENCH_REPS BENCH_PATHS,$(if $($(v)),-e "$(v)=$($(v))")) \
+		$(foreach v,BENCH_SECONDS BENCH_POLL_US BENCH_REPS BENCH_PATHS BENCH_BACKENDS,$(if $($(v)),-e "$(v)=$($(v))")) \
 		-- $(SELFTESTS)/bench_host.sh
 	scripts/bench_host_report.py $(BUILD)/bench/bench-host-raw \
 		$(BENCH_INSNS) $(BUILD)/bench

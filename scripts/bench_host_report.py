@@ -6,6 +6,7 @@ usage: bench_host_report.py RAW_DIR INSNS_JSONL OUT_DIR
        bench_host_report.py --compare A/bench-host.json B/bench-host.json
 
 RAW_DIR holds what bench_host.sh wrote in the VM (runs.jsonl, setup.json);
+a run without a backend (older records) ran on nullb-poll.
 INSNS_JSONL is the TCG plugin's output (insn_count.c), one snapshot of every
 vCPU's counters per mark, missing when the VM ran under KVM.  The k-th run
 of runs.jsonl is measured between the k-th pair of marks.  Writes
@@ -29,6 +30,7 @@ HZ = 3.0e9
 EXIT_CYCLES = 2000
 IRQ_CYCLES = 4000
 
+BACKENDS = ("nullb-poll", "nullb", "file")
 PATHS = ("native", "native-poll", "vhost-poll", "vhost-notify",
          "vu-poll", "vu-notify")
 USER, KERNEL, SYSCALLS, IRETS = range(4)
@@ -79,6 +81,7 @@ def per_run(runs, wins, setup):
     rows = []
     for k, r in enumerate(runs):
         row = dict(r)
+        row.setdefault("backend", BACKENDS[0])
         n = r["requests"]
         row["iops"] = round(n * 1e9 / r["window_ns"]) if r["window_ns"] else 0
         if wins is not None:
@@ -137,7 +140,8 @@ def summary(rows):
     for r in rows:
         if r["path"].endswith("-idle"):
             continue
-        s = out.setdefault((r["rw"], r["qd"], r["path"]), {"runs": []})
+        key = (r.get("backend", BACKENDS[0]), r["rw"], r["qd"], r["path"])
+        s = out.setdefault(key, {"runs": []})
         s["runs"].append(r)
     for s in out.values():
         for k in keys:
@@ -149,9 +153,17 @@ def summary(rows):
 
 
 def job_order(key):
-    """Workloads in order, the paths of each in PATHS order."""
-    rw, qd, path = key
-    return rw, qd, PATHS.index(path)
+    """Backends in BACKENDS order, their workloads in order, the paths of
+    each in PATHS order."""
+    backend, rw, qd, path = key
+    b = BACKENDS.index(backend) if backend in BACKENDS else len(BACKENDS)
+    return b, backend, rw, qd, PATHS.index(path)
+
+
+def backends(summ):
+    """The backends of a summary, in order."""
+    return sorted({key[0] for key in summ},
+                  key=lambda b: job_order((b, "", 0, PATHS[0])))
 
 
 def fmt(v, p=0):
@@ -171,22 +183,13 @@ def projection(s, native):
     return IPS / host, 1.0 / (guest / IPS + notif / HZ)
 
 
-def tables(summ, setup, have_insns):
-    lines = []
-    lines.append(f"{setup['seconds']} s windows, poll budget "
-                 f"{setup['poll_us']} us, {setup['cpus']} CPUs (marks on "
-                 f"CPU {setup['cpu_marks']}, guest side on CPU "
-                 f"{setup['cpu_guest']}, host side on CPU "
-                 f"{setup['cpu_host']}), one queue, 4 KiB, null_blk")
-    lines.append("")
-    lines.append(f"qemu-storage-daemon: `{setup['qsd']}`")
-    lines.append("")
-    if not have_insns:
-        lines.append("No instruction counts: the VM did not run under "
-                     "software emulation with the TCG plugin.")
-        lines.append("")
-    lines.append("### Cost per request")
-    lines.append("")
+def by_backend(summ):
+    """(backend, [(job, summary), ...]) in order."""
+    jobs = sorted(summ.items(), key=lambda i: job_order(i[0]))
+    return [(b, [j for j in jobs if j[0][0] == b]) for b in backends(summ)]
+
+
+def cost_table(lines, jobs):
     lines.append("| workload | path | IOPS (emulated) | host insns/req | "
                  "host idle insns/req | guest insns/req | guest "
                  "idle-poll insns/req | host kernel entries/req | guest "
@@ -194,8 +197,7 @@ def tables(summ, setup, have_insns):
                  "| spread host insns | spread IOPS |")
     lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
                  "---:|---:|---:|")
-    for (rw, qd, path), s in sorted(summ.items(),
-                                    key=lambda i: job_order(i[0])):
+    for (_, rw, qd, path), s in jobs:
         sp = s.get("host_serve_per_req_spread")
         lines.append(
             f"| {rw} qd{qd} | {path} | {fmt(s['iops'])} | "
@@ -210,25 +212,67 @@ def tables(summ, setup, have_insns):
             f"{fmt(s.get('signals_per_req'), 3)} | "
             f"{fmt(sp, 2)}{'' if sp is None else ' %'} | "
             f"{fmt(s.get('iops_spread'), 1)} % |")
+
+
+def projection_table(lines, jobs):
+    lines.append("| workload | path | host core kIOPS | guest vCPU kIOPS | "
+                 "queue kIOPS |")
+    lines.append("|---|---|---:|---:|---:|")
+    for (_, rw, qd, path), s in jobs:
+        hc, gc = projection(s, path.startswith("native"))
+        q = hc if gc is None else (None if hc is None else min(hc, gc))
+        k = (lambda v: None if v is None else v / 1e3)
+        lines.append(f"| {rw} qd{qd} | {path} | {fmt(k(hc))} | "
+                     f"{fmt(k(gc))} | {fmt(k(q))} |")
+
+
+def tables(summ, setup, have_insns):
+    lines = []
+    lines.append(f"{setup['seconds']} s windows, poll budget "
+                 f"{setup['poll_us']} us, {setup['cpus']} CPUs (marks on "
+                 f"CPU {setup['cpu_marks']}, guest side on CPU "
+                 f"{setup['cpu_guest']}, host side on CPU "
+                 f"{setup['cpu_host']}), one queue, 4 KiB, on")
     lines.append("")
+    desc = setup.get("backends", {BACKENDS[0]: "null_blk, poll queues"})
+    for b in backends(summ):
+        lines.append(f"- `{b}`: {desc.get(b, '?')}")
+    lines.append("")
+    lines.append(f"qemu-storage-daemon: `{setup['qsd']}`")
+    lines.append("")
+    if not have_insns:
+        lines.append("No instruction counts: the VM did not run under "
+                     "software emulation with the TCG plugin.")
+        lines.append("")
+    lines.append("### Cost per request")
+    lines.append("")
+    for b, jobs in by_backend(summ):
+        lines.append(f"#### {b}")
+        lines.append("")
+        cost_table(lines, jobs)
+        lines.append("")
     if not have_insns:
         return "\n".join(lines) + "\n"
 
     lines.append("### Ratios of host instructions per request")
     lines.append("")
-    lines.append("| workload | vhost-poll / native-poll (goal <= 1.25) | "
-                 "vhost-poll / vu-poll (goal <= 0.5) | vhost-notify / "
-                 "vu-notify | vhost-notify / native |")
-    lines.append("|---|---:|---:|---:|---:|")
-    for rw in ("randread", "randwrite"):
-        for qd in (1, 32):
+    lines.append("| backend | workload | vhost-poll / native-poll (goal <= "
+                 "1.25) | vhost-poll / native | vhost-poll / vu-poll (goal "
+                 "<= 0.5) | vhost-notify / vu-notify | vhost-notify / "
+                 "native |")
+    lines.append("|---|---|---:|---:|---:|---:|---:|")
+    workloads = sorted({key[1:3] for key in summ})
+    for b in backends(summ):
+        for rw, qd in workloads:
             def h(path):
-                return summ.get((rw, qd, path), {}).get("host_serve_per_req")
+                return summ.get((b, rw, qd, path),
+                                {}).get("host_serve_per_req")
 
-            def ratio(a, b):
-                return fmt(h(a) / h(b), 2) if h(a) and h(b) else "-"
-            lines.append(f"| {rw} qd{qd} | "
+            def ratio(x, y):
+                return fmt(h(x) / h(y), 2) if h(x) and h(y) else "-"
+            lines.append(f"| {b} | {rw} qd{qd} | "
                          f"{ratio('vhost-poll', 'native-poll')} | "
+                         f"{ratio('vhost-poll', 'native')} | "
                          f"{ratio('vhost-poll', 'vu-poll')} | "
                          f"{ratio('vhost-notify', 'vu-notify')} | "
                          f"{ratio('vhost-notify', 'native')} |")
@@ -242,17 +286,11 @@ def tables(summ, setup, have_insns):
                  "(guest insns / IPS + (kicks x exit + signals x "
                  "interrupt) / Hz); native: one core runs both, IPS / (host "
                  "+ guest insns).")
-    lines.append("")
-    lines.append("| workload | path | host core kIOPS | guest vCPU kIOPS | "
-                 "queue kIOPS |")
-    lines.append("|---|---|---:|---:|---:|")
-    for (rw, qd, path), s in sorted(summ.items(),
-                                    key=lambda i: job_order(i[0])):
-        hc, gc = projection(s, path.startswith("native"))
-        q = hc if gc is None else (None if hc is None else min(hc, gc))
-        k = (lambda v: None if v is None else v / 1e3)
-        lines.append(f"| {rw} qd{qd} | {path} | {fmt(k(hc))} | "
-                     f"{fmt(k(gc))} | {fmt(k(q))} |")
+    for b, jobs in by_backend(summ):
+        lines.append("")
+        lines.append(f"#### {b}")
+        lines.append("")
+        projection_table(lines, jobs)
     return "\n".join(lines) + "\n"
 
 
@@ -263,14 +301,15 @@ def compare(a, b):
         with open(path) as f:
             runs.append(summary(json.load(f)["runs"]))
     lines = [f"host insns/req: {a} against {b}", "",
-             "| workload | path | run A | run B | B / A - 1 |",
-             "|---|---|---:|---:|---:|"]
-    for key in sorted(runs[0], key=job_order):
-        x = runs[0][key].get("host_serve_per_req")
+             "| backend | workload | path | run A | run B | B / A - 1 |",
+             "|---|---|---|---:|---:|---:|"]
+    for key in sorted(set(runs[0]) | set(runs[1]), key=job_order):
+        x = runs[0].get(key, {}).get("host_serve_per_req")
         y = runs[1].get(key, {}).get("host_serve_per_req")
         d = None if not x or y is None else 100.0 * (y / x - 1)
-        lines.append(f"| {key[0]} qd{key[1]} | {key[2]} | {fmt(x)} | "
-                     f"{fmt(y)} | {fmt(d, 2)}{'' if d is None else ' %'} |")
+        lines.append(f"| {key[0]} | {key[1]} qd{key[2]} | {key[3]} | "
+                     f"{fmt(x)} | {fmt(y)} | "
+                     f"{fmt(d, 2)}{'' if d is None else ' %'} |")
     print("\n".join(lines))
 
 

@@ -19,7 +19,7 @@
  *                      threads and of the vrings' workers; default: no
  *                      pinning but vring q's worker on CPU q + 1
  *   VBP_BENCH_OUT      file the result is appended to, one JSON object
- *   VBP_TEST_BDEV      the block device the device serves
+ *   VBP_TEST_BDEV      the block device or regular file the device serves
  *   VBP_BENCH_VHOST_USER  the socket of a vhost-user back-end to use
  *                      instead of /dev/vhost-blk-poll (and VBP_TEST_BDEV):
  *                      its configuration space gives the capacity; the
@@ -50,6 +50,7 @@
 #include <string.h>
 #include <sched.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -87,7 +88,7 @@ struct bench {
 	const char *out;
 	const char *mode;
 	const char *rw;
-	const char *bdev;
+	const char *bdev;	/* a block device or a regular file */
 	const char *vu;		/* the vhost-user socket, or NULL */
 	bool poll;
 	bool write;
@@ -103,7 +104,7 @@ static void print_usage(FILE *f)
 {
 	fprintf(f,
 		"usage: VBP_BENCH_MODE=poll|notify VBP_BENCH_RW=randread|randwrite \\\n"
-		"       VBP_BENCH_OUT=FILE VBP_TEST_BDEV=DEV [VBP_BENCH_QD=N] \\\n"
+		"       VBP_BENCH_OUT=FILE VBP_TEST_BDEV=DEV|FILE [VBP_BENCH_QD=N] \\\n"
 		"       [VBP_BENCH_QUEUES=N] [VBP_BENCH_SECONDS=N] [VBP_BENCH_POLL_US=N] \\\n"
 		"       [VBP_BENCH_WARMUP=N] [VBP_BENCH_CPUS=MAIN,GUEST,HOST] \\\n"
 		"       [VBP_BENCH_VHOST_USER=SOCKET (instead of VBP_TEST_BDEV)] \\\n"
@@ -190,6 +191,23 @@ static void die(const char *fmt, ...)
 	va_end(ap);
 	fputc('\n', stderr);
 	exit(1);
+}
+
+/* The bytes of the backend open at fd: a block device or a regular file. */
+static uint64_t backend_size(int fd, const char *path)
+{
+	uint64_t size;
+	struct stat st;
+
+	if (fstat(fd, &st))
+		die("%s: %s", path, strerror(errno));
+	if (S_ISREG(st.st_mode))
+		return st.st_size;
+	if (!S_ISBLK(st.st_mode))
+		die("%s: not a block device or regular file", path);
+	if (ioctl(fd, BLKGETSIZE64, &size))
+		die("%s: BLKGETSIZE64: %s", path, strerror(errno));
+	return size;
 }
 
 static int64_t now_ns(void)
@@ -339,7 +357,7 @@ int main(int argc, char **argv)
 	struct bench_q b[MAX_QUEUES] = { 0 };
 	struct vq_stats st0[MAX_QUEUES], st1[MAX_QUEUES], mod = { 0 };
 	struct window w0, w1;
-	uint64_t done, sum = 0, size, *all;
+	uint64_t done, sum = 0, size = 0, *all;
 	pthread_t th[MAX_QUEUES];
 	size_t nlat = 0, k;
 	int64_t t0, t1;
@@ -363,8 +381,7 @@ int main(int argc, char **argv)
 		fd = open(cfg.bdev, O_RDWR | O_CLOEXEC);
 		if (fd < 0)
 			die("%s: %s", cfg.bdev, strerror(errno));
-		if (ioctl(fd, BLKGETSIZE64, &size))
-			die("%s: BLKGETSIZE64: %s", cfg.bdev, strerror(errno));
+		size = backend_size(fd, cfg.bdev);
 		ret = vmm_open_kernel(&v, false, false);
 		if (ret)
 			die("vmm_open_kernel: %s", strerror(-ret));
