@@ -15,6 +15,8 @@ rc=0
 tmp=$(mktemp -d)
 loopdev=
 qsd=
+# The dm-delay target of the slow flushes, while it is there.
+hol_dev=
 
 nullb=$VBP_NULLB_CONFIG/vbpbad
 # The polled null_blk, in MiB, the size of the other disks.
@@ -23,6 +25,9 @@ NULLB_MIB=64
 # shellcheck disable=SC2317 # called by the trap
 cleanup() {
 	[ -n "$qsd" ] && kill "$qsd" && wait "$qsd"
+	mountpoint -q "$tmp/flushfs" && umount "$tmp/flushfs"
+	[ -n "$hol_dev" ] && dmsetup remove --noudevsync vbpdelay
+	vbp_nullb_remove vbpflush
 	[ -n "$loopdev" ] && losetup -d "$loopdev"
 	vbp_nullb_remove vbpbad
 	vbp_nullb_remove vbppoll
@@ -177,6 +182,64 @@ else
 			"$VMM_TEST" -r vmm.bdev.backend_io_errors || rc=$KSFT_FAIL
 		dmsetup remove --noudevsync vbpdm || rc=$KSFT_FAIL
 	done
+fi
+
+# Requests behind a slow flush on their ring: a dm-delay target that
+# delays its flushes by FLUSH_MS and nothing else, over a null_blk with a
+# volatile write cache (a disk without one is sent no flush); then a file
+# on ext4 on that target, whose fsync ends in such a flush.  The file
+# system is made and taken down while the target delays nothing.
+FLUSH_MS=2000
+# hol_delay MS: the target's flushes delayed by MS from now on.
+hol_delay() {
+	local nullb=/dev/vbpflush sectors=$((NULLB_MIB * 2048))
+
+	dmsetup load --noudevsync vbpdelay --table \
+		"0 $sectors delay $nullb 0 0 $nullb 0 0 $nullb 0 $1" &&
+		dmsetup resume --noudevsync vbpdelay
+}
+# hol_run KIND: the tests of requests behind a slow flush, polled and
+# notified, on a variant of the backend kind without and with the ring
+# features.
+hol_run() {
+	local v t tests=()
+
+	for v in "" _event_idx_indirect; do
+		for t in polling notified; do
+			tests+=(-r "vmm.$1$v.reads_pass_slow_flush_$t")
+		done
+	done
+	"$VMM_TEST" "${tests[@]}"
+}
+if ! command -v dmsetup >/dev/null || ! modprobe dm-mod ||
+   ! modprobe dm-delay; then
+	echo "# SKIP requests behind a slow flush: no dmsetup or no dm-delay module"
+else
+	vbp_polled_nullb vbpflush $NULLB_MIB cache_size=16 || exit "$KSFT_FAIL"
+	dmsetup create --noudevsync vbpdelay --notable || exit "$KSFT_FAIL"
+	hol_delay "$FLUSH_MS" || exit "$KSFT_FAIL"
+	hol_dev=$(dm_dev vbpdelay)
+	vbp_wait_for "$hol_dev" || exit "$KSFT_FAIL"
+	echo "# backend: device mapper, flushes delayed by $FLUSH_MS ms"
+	VBP_TEST_BDEV=$hol_dev VBP_TEST_FLUSH_MS=$FLUSH_MS hol_run bdev ||
+		rc=$KSFT_FAIL
+	if ! command -v mkfs.ext4 >/dev/null || ! modprobe ext4; then
+		echo "# SKIP a file behind a slow flush: no mkfs.ext4 or no ext4 module"
+	else
+		mkdir "$tmp/flushfs"
+		hol_delay 0 &&
+			mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 \
+				"$hol_dev" &&
+			mount -t ext4 "$hol_dev" "$tmp/flushfs" &&
+			hol_delay "$FLUSH_MS" || exit "$KSFT_FAIL"
+		echo "# backend: file on ext4 on device mapper, flushes delayed by $FLUSH_MS ms"
+		VBP_TEST_DIR=$tmp/flushfs VBP_TEST_FLUSH_MS=$FLUSH_MS \
+			hol_run file || rc=$KSFT_FAIL
+		hol_delay 0 && umount "$tmp/flushfs" || rc=$KSFT_FAIL
+	fi
+	dmsetup remove --noudevsync vbpdelay || rc=$KSFT_FAIL
+	hol_dev=
+	vbp_nullb_remove vbpflush || rc=$KSFT_FAIL
 fi
 
 # A null_blk removed through configfs while it is the backend.

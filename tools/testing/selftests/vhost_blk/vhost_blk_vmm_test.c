@@ -2031,6 +2031,22 @@ static void xreq_alloc(struct vmm *v, struct xreq *r, unsigned int n,
 	}
 }
 
+/* Adds request r to queue q, tagged tag; the head or a negative errno. */
+static int xreq_add(struct vmm *v, unsigned int q, struct xreq *r,
+		    uint32_t tag)
+{
+	struct seg s[3];
+
+	set_hdr(v, r->hdr, r->type, r->sector);
+	*gptr(v, r->st) = 0xff;
+	s[0] = (struct seg){ r->hdr, HDR_SIZE, false };
+	s[1] = (struct seg){ r->data, r->len, r->type == VIRTIO_BLK_T_IN };
+	s[2] = (struct seg){ r->st, 1, true };
+	if (!r->len)
+		s[1] = s[2];
+	return vq_add(v, q, s, r->len ? 3 : 2, v->indirect, tag);
+}
+
 /*
  * Adds n requests to queue (round robin over the queues when it is
  * negative), kicks them all, and waits for every answer (false after
@@ -2041,21 +2057,11 @@ static bool xreq_run_on(struct __test_metadata *_metadata, struct ctx *c,
 {
 	struct vmm *v = &c->v;
 	unsigned int i, q, done = 0;
-	struct seg s[3];
 	struct used u;
 
 	for (i = 0; i < n; i++) {
 		q = queue < 0 ? i % v->nq : (unsigned int)queue;
-		set_hdr(v, r[i].hdr, r[i].type, r[i].sector);
-		*gptr(v, r[i].st) = 0xff;
-		s[0] = (struct seg){ r[i].hdr, HDR_SIZE, false };
-		s[1] = (struct seg){ r[i].data, r[i].len,
-				     r[i].type == VIRTIO_BLK_T_IN };
-		s[2] = (struct seg){ r[i].st, 1, true };
-		if (!r[i].len)
-			s[1] = s[2];
-		ASSERT_LE(0, vq_add(v, q, s, r[i].len ? 3 : 2, v->indirect,
-				    i));
+		ASSERT_LE(0, xreq_add(v, q, &r[i], i));
 	}
 	for (q = 0; q < v->nq; q++)
 		vq_kick(v, q);
@@ -2573,6 +2579,136 @@ TEST_F_TIMEOUT(vmm, durable_after_flush, 300)
 	}
 	TH_LOG("killed in round %u: rounds 0-%u read back", last + 1, last);
 	check_alive(_metadata, c);
+}
+
+/*
+ * Requests behind a slow flush on their ring.  The backend takes
+ * VBP_TEST_FLUSH_MS over each flush and no time over reads and writes (a
+ * dm-delay target that delays only its flush class, or a file system on
+ * one).  After a write, a flush goes on ring 0 and, once it is seen to be
+ * in the device, reads and writes follow it on the same ring: they are all
+ * answered while the flush is still there, then the flush is answered,
+ * OK.  The outcome does not depend on timing: the flush lasts seconds, the
+ * requests behind it take milliseconds, and only the order of the answers
+ * is checked.
+ */
+#define HOL_SECTOR	12288
+#define HOL_READS	8
+#define HOL_WRITES	4
+#define HOL_REQS	(1 + HOL_READS + HOL_WRITES)	/* the flush first */
+/* How long the flush is watched alone. */
+#define HOL_ALONE_MS	100
+
+static void reads_pass_slow_flush(struct __test_metadata *_metadata,
+				  struct ctx *c, unsigned int poll_us)
+{
+	const char *ms_env = getenv("VBP_TEST_FLUSH_MS");
+	struct vmm *v = &c->v;
+	struct xreq r[HOL_REQS] = { 0 };
+	uint64_t seed[HOL_REQS];
+	int64_t t0, t1, flush_us = -1, others_us = 0;
+	unsigned int i, flush_ms, done = 0, before = 0;
+	uint8_t expect[4096];
+	struct used u;
+	int got;
+
+	if (!ms_env || !*ms_env)
+		SKIP(return, "VBP_TEST_FLUSH_MS: the backend delays no flush");
+	flush_ms = strtoul(ms_env, NULL, 10);
+	ASSERT_LE(4 * HOL_ALONE_MS, flush_ms)
+		TH_LOG("VBP_TEST_FLUSH_MS=%s: too short to watch", ms_env);
+	ASSERT_OK(vmm_set_poll_us(v, 0, poll_us));
+
+	xreq_alloc(v, r, HOL_REQS, 4096);
+	xreq_page(&r[0], VIRTIO_BLK_T_FLUSH, 0);
+	for (i = 1; i < HOL_REQS; i++) {
+		seed[i] = next_seed(c);
+		fill_rand(expect, sizeof(expect), seed[i]);
+		if (i <= HOL_READS) {
+			xreq_page(&r[i], VIRTIO_BLK_T_IN, HOL_SECTOR + 8 * i);
+			store_write(_metadata, c, r[i].sector, expect,
+				    sizeof(expect));
+			memset(gpa_to_hva(v, r[i].data, 4096), 0xa5, 4096);
+		} else {
+			xreq_page(&r[i], VIRTIO_BLK_T_OUT, HOL_SECTOR + 8 * i);
+			memcpy(gpa_to_hva(v, r[i].data, 4096), expect, 4096);
+		}
+	}
+	/* Something for the flush to make durable. */
+	check_alive(_metadata, c);
+
+	ASSERT_LE(0, xreq_add(v, 0, &r[0], 0));
+	vq_kick(v, 0);
+	t0 = now_us();
+	ASSERT_FALSE(vq_spin(&v->vq[0], HOL_ALONE_MS))
+		TH_LOG("the flush was answered within %d ms: not delayed by %u ms",
+		       HOL_ALONE_MS, flush_ms);
+	for (i = 1; i < HOL_REQS; i++)
+		ASSERT_LE(0, xreq_add(v, 0, &r[i], i));
+	vq_kick(v, 0);
+	t1 = now_us();
+
+	while (done < HOL_REQS && vmm_wait(v, 1, flush_ms + WAIT_MS)) {
+		while ((got = vq_get_used(v, 0, &u)) == 1) {
+			ASSERT_GT(HOL_REQS, u.tag);
+			r[u.tag].status = *gptr(v, r[u.tag].st);
+			r[u.tag].used_len = u.len;
+			if (!u.tag) {
+				flush_us = now_us() - t0;
+				before = done;
+			} else {
+				others_us = now_us() - t1;
+			}
+			done++;
+		}
+		ASSERT_EQ(0, got) TH_LOG("used entry with a bad head");
+	}
+	ASSERT_EQ(HOL_REQS, done)
+		TH_LOG("%u of %u requests answered within %u ms", done,
+		       HOL_REQS, flush_ms + WAIT_MS);
+	ASSERT_EQ(HOL_REQS - 1, before)
+		TH_LOG("%u of the %u requests behind the flush waited for it (%lld ms)",
+		       HOL_REQS - 1 - before, HOL_REQS - 1,
+		       (long long)flush_us / 1000);
+	TH_LOG("%u reads and %u writes answered %lld ms after their kick, the flush after %lld ms",
+	       HOL_READS, HOL_WRITES, (long long)others_us / 1000,
+	       (long long)flush_us / 1000);
+	EXPECT_EQ(VIRTIO_BLK_S_OK, r[0].status);
+	EXPECT_EQ(1, r[0].used_len);
+	/* That the backend delays flushes as the caller says. */
+	EXPECT_LE(flush_ms * 1000LL / 2, flush_us)
+		TH_LOG("the flush took %lld ms, not about VBP_TEST_FLUSH_MS=%u",
+		       (long long)flush_us / 1000, flush_ms);
+
+	for (i = 1; i < HOL_REQS; i++) {
+		fill_rand(expect, sizeof(expect), seed[i]);
+		ASSERT_EQ(VIRTIO_BLK_S_OK, r[i].status)
+			TH_LOG("request %u, type %u", i, r[i].type);
+		if (r[i].type == VIRTIO_BLK_T_OUT) {
+			EXPECT_EQ(1, r[i].used_len);
+			check_store(_metadata, c, r[i].sector, expect,
+				    sizeof(expect));
+			continue;
+		}
+		EXPECT_EQ(4097, r[i].used_len);
+		ASSERT_EQ(-1, first_diff(expect, gpa_to_hva(v, r[i].data, 4096),
+					 4096))
+			TH_LOG("read %u: not the data at sector %llu", i,
+			       (unsigned long long)r[i].sector);
+	}
+	check_alive(_metadata, c);
+}
+
+/* The ring polls: a budget far longer than the gaps between requests. */
+TEST_F_TIMEOUT(vmm, reads_pass_slow_flush_polling, 120)
+{
+	reads_pass_slow_flush(_metadata, &self->c, 1500000);
+}
+
+/* No poll budget: the reads and writes are kicked, the answers signalled. */
+TEST_F_TIMEOUT(vmm, reads_pass_slow_flush_notified, 120)
+{
+	reads_pass_slow_flush(_metadata, &self->c, 0);
 }
 
 /*
