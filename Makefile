@@ -13,6 +13,7 @@
 #   make patches    the drivers as a patch series for a kernel tree (build/patches/)
 #   make bench      every I/O path side by side, host and guests (build/bench/)
 #   make bench-host the host-side part of it alone (build/bench/bench-host.*)
+#   make bench-hol  reads behind flushes on one ring (build/bench/bench-hol.*)
 #   make qemu       QEMU with vhost-blk-pci (qemu/); prints the binary's path
 #   make demo       a guest doing verified I/O through vhost-blk-pci
 #
@@ -49,7 +50,7 @@ SELFTESTS := tools/testing/selftests/vhost_blk
 KSFT := $(MAKE) -C $(SELFTESTS) OUTPUT=$(CURDIR)/$(SELFTESTS) \
 	KHDR_INCLUDES="-isystem $(KSRC)/usr/include"
 
-.PHONY: all modules modules-clean selftests ksrc deps check soak lint docs dkms patches clean bench bench-host qemu demo
+.PHONY: all modules modules-clean selftests ksrc deps check soak lint docs dkms patches clean bench bench-host bench-hol qemu demo
 
 all: modules selftests
 
@@ -104,6 +105,7 @@ docs:
 # the mini-VMM in one VM; bench: that, then native and every guest path on
 # the same backends in one nested run (scripts/bench.sh).
 bench: bench-host
+	@$(MAKE) --no-print-directory bench-hol
 	@scripts/bench.sh
 
 # bench-host counts instructions per request with a TCG plugin (under
@@ -128,6 +130,13 @@ bench-host: all $(BENCH_PLUGIN)
 		-- $(SELFTESTS)/bench_host.sh
 	scripts/bench_host_report.py $(BUILD)/bench/bench-host-raw \
 		$(BENCH_INSNS) $(BUILD)/bench
+
+# The reads' latency on a ring with 50 ms flushes in flight and without
+# (bench_hol.sh), in build/bench/bench-hol.{json,md}.
+bench-hol: all
+	$(SELFTESTS)/vm-run -c 3 -m 2G -t 1800 -O $(BUILD)/bench \
+		$(foreach v,BENCH_SECONDS BENCH_FLUSH_MS BENCH_QDS,$(if $($(v)),-e "$(v)=$($(v))")) \
+		-- $(SELFTESTS)/bench_hol.sh
 
 # As root: register the modules with DKMS, build and install them for KVER
 # (scripts/dkms.sh; "scripts/dkms.sh remove" takes them out again).

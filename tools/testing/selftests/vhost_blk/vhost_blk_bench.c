@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * The host-side benchmark (make bench-host, bench_host.sh): the mini-VMM
- * (vmm.h) as a guest doing 4 KiB random I/O on /dev/vhost-blk-poll or on a
- * vhost-user back-end, one thread per queue.  Measures, asserts nothing.
+ * The host-side benchmark (make bench-host, bench_host.sh; make bench-hol,
+ * bench_hol.sh): the mini-VMM (vmm.h) as a guest doing 4 KiB random I/O on
+ * /dev/vhost-blk-poll or on a vhost-user back-end, one thread per queue.
+ * Measures, asserts nothing.
  * Set by the environment:
  *   VBP_BENCH_MODE     poll (the guest polls and asks for no interrupts, the
  *                      vrings poll for VBP_BENCH_POLL_US, default 100) or
@@ -12,6 +13,12 @@
  *                      request, then the rings poll with nothing to do (the
  *                      cost of an idle pass, for make bench-host)
  *   VBP_BENCH_QUEUES   queues (default 1)
+ *   VBP_BENCH_FLUSH    1: one flush in flight on each queue beside the
+ *                      reads or writes, made again as soon as it is
+ *                      answered (bench_hol.sh); the latencies stay those
+ *                      of the reads or writes, and the result adds the
+ *                      flushes answered in the window and their mean
+ *                      latency over the run
  *   VBP_BENCH_WARMUP   seconds of I/O before the measured window (default 0)
  *   VBP_BENCH_SECONDS  length of the measured window (default 5)
  *   VBP_BENCH_CPUS     MAIN,GUEST,HOST: the CPUs of this program's main
@@ -67,6 +74,7 @@ struct bench_q {
 	unsigned int qd;
 	bool write;
 	bool poll;		/* the guest polls and wants no interrupts */
+	bool flush;		/* a flush in flight, in slot qd */
 	int cpu;		/* of the thread, or -1 */
 	bool stop;		/* set by the main thread */
 	uint64_t hdrs, sts, data;
@@ -78,6 +86,8 @@ struct bench_q {
 	uint64_t spins;		/* polls of the used ring that found none */
 	uint64_t kicks;
 	uint64_t calls;
+	uint64_t flushes;
+	uint64_t flush_ns;	/* their latencies' sum */
 	uint64_t *lat;		/* ns */
 	size_t nlat;
 	int err;
@@ -92,6 +102,7 @@ struct bench {
 	const char *vu;		/* the vhost-user socket, or NULL */
 	bool poll;
 	bool write;
+	bool flush;
 	unsigned int qd;
 	unsigned int nq;
 	unsigned int warmup;
@@ -107,10 +118,12 @@ static void print_usage(FILE *f)
 		"       VBP_BENCH_OUT=FILE VBP_TEST_BDEV=DEV|FILE [VBP_BENCH_QD=N] \\\n"
 		"       [VBP_BENCH_QUEUES=N] [VBP_BENCH_SECONDS=N] [VBP_BENCH_POLL_US=N] \\\n"
 		"       [VBP_BENCH_WARMUP=N] [VBP_BENCH_CPUS=MAIN,GUEST,HOST] \\\n"
+		"       [VBP_BENCH_FLUSH=1] \\\n"
 		"       [VBP_BENCH_VHOST_USER=SOCKET (instead of VBP_TEST_BDEV)] \\\n"
 		"       vhost_blk_bench\n"
 		"One run of the host-side benchmark; bench_host.sh (make bench-host)\n"
-		"runs it.  Appends one JSON object to VBP_BENCH_OUT.\n");
+		"and bench_hol.sh (make bench-hol) run it.  Appends one JSON object\n"
+		"to VBP_BENCH_OUT.\n");
 }
 
 /* Exits 2 when the environment does not make a run. */
@@ -144,6 +157,7 @@ static void bench_config(struct bench *b)
 	b->write = !strcmp(b->rw, "randwrite");
 	b->qd = env_uint("VBP_BENCH_QD", 1);
 	b->nq = env_uint("VBP_BENCH_QUEUES", 1);
+	b->flush = env_uint("VBP_BENCH_FLUSH", 0);
 	b->warmup = env_uint("VBP_BENCH_WARMUP", 0);
 	b->secs = env_uint("VBP_BENCH_SECONDS", 5);
 	b->cpu_main = -1;
@@ -171,6 +185,12 @@ static void bench_config(struct bench *b)
 	if (b->qd > QSIZE / 3) {
 		fprintf(stderr, "vhost_blk_bench: VBP_BENCH_QD=%u: 0 to %u\n",
 			b->qd, QSIZE / 3);
+		exit(2);
+	}
+	/* The flush takes a slot of its own. */
+	if (b->flush && (!b->qd || b->qd >= QSIZE / 3)) {
+		fprintf(stderr, "vhost_blk_bench: VBP_BENCH_QD=%u: 1 to %u with VBP_BENCH_FLUSH\n",
+			b->qd, QSIZE / 3 - 1);
 		exit(2);
 	}
 	if (!b->nq || b->nq > MAX_QUEUES) {
@@ -237,6 +257,21 @@ static void bench_submit(struct bench_q *b, unsigned int slot)
 		b->err = ENOSPC;
 }
 
+/* The queue's flush, in the slot after those of the reads or writes. */
+static void bench_flush(struct bench_q *b)
+{
+	unsigned int slot = b->qd;
+	struct seg sg[2] = {
+		{ b->hdrs + HDR_SIZE * slot, HDR_SIZE, false },
+		{ b->sts + slot, 1, true },
+	};
+
+	set_hdr(b->v, sg[0].gpa, VIRTIO_BLK_T_FLUSH, 0);
+	b->start_ns[slot] = now_ns();
+	if (vq_add(b->v, b->q, sg, 2, false, slot) < 0)
+		b->err = ENOSPC;
+}
+
 /* A counter of the queue's thread, which the main thread reads. */
 static void count(uint64_t *c, uint64_t n)
 {
@@ -266,19 +301,27 @@ static void *bench_queue(void *arg)
 	/* Queue depth 0: one request, to start the ring's polling. */
 	for (i = 0; i < (b->qd ? b->qd : 1); i++)
 		bench_submit(b, i);
+	if (b->flush)
+		bench_flush(b);
 	count(&b->kicks, vq_kick(v, b->q));
 	while (!b->err && !__atomic_load_n(&b->stop, __ATOMIC_RELAXED)) {
 		got = 0;
 		while (vq_get_used(v, b->q, &u) == 1) {
 			if (*gptr(v, b->sts + u.tag) != VIRTIO_BLK_S_OK)
 				b->err = EIO;
+			got++;
+			if (b->flush && u.tag == b->qd) {
+				count(&b->flushes, 1);
+				b->flush_ns += now_ns() - b->start_ns[u.tag];
+				bench_flush(b);
+				continue;
+			}
 			if (b->nlat < BENCH_MAX_LAT)
 				b->lat[b->nlat++] = now_ns() -
 						    b->start_ns[u.tag];
 			count(&b->done, 1);
 			if (b->qd)
 				bench_submit(b, u.tag);
-			got++;
 		}
 		if (got) {
 			count(&b->kicks, vq_kick(v, b->q));
@@ -305,7 +348,7 @@ static void *bench_queue(void *arg)
 /* The queues' counters at one end of the measured window. */
 struct window {
 	int64_t ns;
-	uint64_t done, spins, kicks, calls;
+	uint64_t done, spins, kicks, calls, flushes;
 };
 
 static void snap(struct bench_q *b, unsigned int nq, struct window *w)
@@ -318,6 +361,7 @@ static void snap(struct bench_q *b, unsigned int nq, struct window *w)
 		w->spins += __atomic_load_n(&b[q].spins, __ATOMIC_RELAXED);
 		w->kicks += __atomic_load_n(&b[q].kicks, __ATOMIC_RELAXED);
 		w->calls += __atomic_load_n(&b[q].calls, __ATOMIC_RELAXED);
+		w->flushes += __atomic_load_n(&b[q].flushes, __ATOMIC_RELAXED);
 	}
 	w->ns = now_ns();
 }
@@ -357,7 +401,7 @@ int main(int argc, char **argv)
 	struct bench_q b[MAX_QUEUES] = { 0 };
 	struct vq_stats st0[MAX_QUEUES], st1[MAX_QUEUES], mod = { 0 };
 	struct window w0, w1;
-	uint64_t done, sum = 0, size = 0, *all;
+	uint64_t done, sum = 0, size = 0, *all, flushes = 0, flush_ns = 0;
 	pthread_t th[MAX_QUEUES];
 	size_t nlat = 0, k;
 	int64_t t0, t1;
@@ -417,6 +461,7 @@ int main(int argc, char **argv)
 		b[q].qd = cfg.qd;
 		b[q].write = cfg.write;
 		b[q].poll = cfg.poll;
+		b[q].flush = cfg.flush;
 		b[q].cpu = cfg.cpu_guest;
 		b[q].nblocks = size / 4096;
 		b[q].seed = mix64(q + 1);
@@ -472,6 +517,8 @@ int main(int argc, char **argv)
 			die("queue %u: %s", q, strerror(b[q].err));
 		memcpy(all + nlat, b[q].lat, b[q].nlat * sizeof(uint64_t));
 		nlat += b[q].nlat;
+		flushes += b[q].flushes;
+		flush_ns += b[q].flush_ns;
 		free(b[q].lat);
 		if (cfg.vu)
 			continue;
@@ -506,6 +553,14 @@ int main(int argc, char **argv)
 		done ? (double)(w1.kicks - w0.kicks) / done : 0.0);
 	fprintf(f, "\"signals_per_req\": %.4f, ",
 		done ? (double)(w1.calls - w0.calls) / done : 0.0);
+	fprintf(f, "\"flush\": %s, \"flushes\": %llu, ",
+		cfg.flush ? "true" : "false",
+		(unsigned long long)(w1.flushes - w0.flushes));
+	if (flushes)
+		fprintf(f, "\"flush_lat_mean_us\": %.2f, ",
+			flush_ns / 1e3 / flushes);
+	else
+		fprintf(f, "\"flush_lat_mean_us\": null, ");
 	if (cfg.vu) {
 		fprintf(f, "\"module\": null}\n");
 	} else {
