@@ -164,7 +164,7 @@ count_kselftest() {
 }
 
 suite_kselftest() {
-	local t0 tests imgs disks dargs log rc counts p f s
+	local t0 tests imgs disks dargs log rc counts p f s limit
 
 	t0=$(date +%s)
 	mapfile -t tests < <(make -s --no-print-directory -C "$st" emit_tests 2>/dev/null |
@@ -203,8 +203,10 @@ suite_kselftest() {
 	for v in VBP_FUZZ_REQUESTS VBP_RACE_ROUNDS VBP_FUZZ_SEED; do
 		[ -z "${!v:-}" ] || dargs+=(-e "$v=${!v}")
 	done
+	# Each test's limit, from the kselftest settings, times the scale.
+	limit=$(sed -n 's/^timeout=//p' "$st/settings")
 	[ "$scale" = 1 ] ||
-		dargs+=(-e "kselftest_override_timeout=$((600 * scale))")
+		dargs+=(-e "kselftest_override_timeout=$((limit * scale))")
 	log=$out/kselftest.log
 	# SLUB debugging (slub_debug=U) makes slab counts exact for
 	# module_load.sh's leak checks and records who allocated each object.
