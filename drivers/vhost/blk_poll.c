@@ -342,22 +342,38 @@ static struct vhost_blk_req *vhost_blk_req_get(struct vhost_blk_vq *bvq)
 	return req;
 }
 
+static void vhost_blk_unpoll(struct vhost_blk_req *req)
+{
+	if (req->polled) {
+		list_del(&req->poll_node);
+		req->polled = false;
+	}
+}
+
+/*
+ * A bio of the request let go: its pages unpinned (marked dirty if the
+ * device wrote into them), and the bio itself, the request's own or one
+ * of vhost_blk_bio_set.
+ */
+static void vhost_blk_bio_free(struct vhost_blk_req *req, struct bio *bio,
+			       bool dirty)
+{
+	bio_release_pages(bio, dirty);
+	if (bio == &req->inline_bio)
+		bio_uninit(bio);
+	else
+		bio_put(bio);
+}
+
 /* Back to the pool, its pages and copies released; with the vq mutex held. */
 static void vhost_blk_req_put(struct vhost_blk_req *req)
 {
 	struct vhost_blk_vq *bvq = req->bvq;
-	struct bio *bio = req->bio;
 
-	if (req->polled)
-		list_del(&req->poll_node);
-	if (bio) {
-		/* A read wrote into the pages: they are dirty. */
-		bio_release_pages(bio, !req->write);
-		if (bio == &req->inline_bio)
-			bio_uninit(bio);
-		else
-			bio_put(bio);
-	}
+	vhost_blk_unpoll(req);
+	/* A read wrote into the pages: they are dirty. */
+	if (req->bio)
+		vhost_blk_bio_free(req, req->bio, !req->write);
 	if (req->iov != req->inline_iov)
 		kfree(req->iov);
 	kfree(req->log);
@@ -439,14 +455,6 @@ static void vhost_blk_log(struct vhost_virtqueue *vq,
 }
 
 static void vhost_blk_slow_work(struct work_struct *work);
-
-static void vhost_blk_unpoll(struct vhost_blk_req *req)
-{
-	if (req->polled) {
-		list_del(&req->poll_node);
-		req->polled = false;
-	}
-}
 
 /* Hand a request to vhost_blk_wq, where it may wait; with the vq mutex held. */
 static void vhost_blk_slow(struct vhost_blk_req *req, enum vhost_blk_slow op)
@@ -888,11 +896,7 @@ static int vhost_blk_bio_rw(struct vhost_blk_req *req, struct iov_iter *data)
 	}
 	bio->bi_iter.bi_sector = req->pos >> SECTOR_SHIFT;
 	if (bio_iov_iter_get_pages(bio, data) || iov_iter_count(data)) {
-		bio_release_pages(bio, false);
-		if (bio == &req->inline_bio)
-			bio_uninit(bio);
-		else
-			bio_put(bio);
+		vhost_blk_bio_free(req, bio, false);
 		return -EAGAIN;
 	}
 	vhost_blk_bio_submit(req, bio, true);
