@@ -90,18 +90,9 @@ backend_paths() {
 	done
 }
 
-# nullb_make NAME ATTR=VALUE...: /dev/NAME, a null_blk made through
-# configfs with these attributes, and merging off.
+# nullb_make NAME ATTR=VALUE...: vbp_nullb_make, and merging off.
 nullb_make() {
-	local name=$1 d=$VBP_NULLB_CONFIG/$1 a
-
-	shift
-	mkdir "$d" || return
-	for a in "$@" power=1; do
-		echo "${a#*=}" > "$d/${a%%=*}" || return
-	done
-	vbp_wait_for "/dev/$name" &&
-		echo 2 > "/sys/block/$name/queue/nomerges"
+	vbp_nullb_make "$@" && echo 2 > "/sys/block/$1/queue/nomerges"
 }
 
 [ "$(nproc)" -ge 3 ] || die "needs three CPUs (vm-run -c 3), has $(nproc)"
@@ -124,8 +115,6 @@ target[nullb-poll]=/dev/nullb0
 stat[nullb-poll]=/sys/block/nullb0/stat
 sock[nullb-poll]=/run/bench-host-vu-nullb-poll.sock
 desc[nullb-poll]="null_blk, no memory backing, nomerges=2, $nullb_mib MiB, $cpus submission and $cpus poll queues"
-mountpoint -q /sys/kernel/config ||
-	mount -t configfs none /sys/kernel/config || exit 1
 case " $backends " in
 *" nullb "*)
 	nullb_make nullb1 queue_mode=2 submit_queues="$cpus" poll_queues=0 \

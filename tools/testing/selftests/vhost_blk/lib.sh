@@ -373,25 +373,32 @@ vbp_qmp_wait_event() {
 # null_insert_page, which a kernel with DEBUG_ATOMIC_SLEEP reports).
 # Written beforehand, polled I/O finds every page there.
 vbp_polled_nullb() {
-	local name=$1 mib=$2 d=$VBP_NULLB_CONFIG/$1 a
+	local name=$1 mib=$2
 
 	shift 2
 	if ! vbp_loaded null_blk; then
 		modprobe null_blk nr_devices=0 queue_mode=2 submit_queues=2 \
 			poll_queues=2 || return
 	fi
+	vbp_nullb_make "$name" "$@" size="$mib" memory_backed=1 &&
+		dd if=/dev/zero of="/dev/$name" bs=1M count="$mib" \
+			oflag=direct status=none
+}
+
+# vbp_nullb_make NAME ATTR=VALUE...: make /dev/NAME, a null_blk (the module
+# loaded) through configfs with these attributes, written in this order,
+# then powered on.
+vbp_nullb_make() {
+	local name=$1 d=$VBP_NULLB_CONFIG/$1 a
+
+	shift
 	mountpoint -q /sys/kernel/config ||
 		mount -t configfs none /sys/kernel/config || return
 	mkdir "$d" || return
-	for a in "$@"; do
+	for a in "$@" power=1; do
 		echo "${a#*=}" > "$d/${a%%=*}" || return
 	done
-	echo "$mib" > "$d/size" &&
-		echo 1 > "$d/memory_backed" &&
-		echo 1 > "$d/power" &&
-		vbp_wait_for "/dev/$name" &&
-		dd if=/dev/zero of="/dev/$name" bs=1M count="$mib" \
-			oflag=direct status=none
+	vbp_wait_for "/dev/$name"
 }
 
 # vbp_nullb_remove NAME: power off and remove a null_blk made through
