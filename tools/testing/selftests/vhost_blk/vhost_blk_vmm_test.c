@@ -2195,7 +2195,7 @@ static int fault_set(const char *dir, const char *name, long value)
 	return write_str(path, val);
 }
 
-/* Reads attribute name of a fault injection directory, or -1. */
+/* Reads the number in attribute name of a sysfs or configfs directory, or -1. */
 static long fault_get(const char *dir, const char *name)
 {
 	char path[PATH_MAX];
