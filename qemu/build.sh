@@ -1,11 +1,13 @@
 #!/bin/bash
 # SPDX-License-Identifier: GPL-2.0
 #
-# Build qemu-system-x86_64 with the vhost-blk-pci device: Debian's QEMU
-# source package with Debian's own patches, then the series in
-# qemu/patches, configured for x86_64-softmmu only.
+# Build qemu-system-x86_64 with the vhost-blk-pci device, and the
+# qemu-storage-daemon of the same source (make bench's vhost-user-blk):
+# Debian's QEMU source package of the series VBP_QEMU_SERIES (scripts/env.sh)
+# with Debian's own patches, then the series in qemu/patches, configured for
+# x86_64-softmmu only.
 #
-# The binary is kept in $VBP_CACHE/qemu/<source version>-<hash>/, where the
+# The binaries are kept in $VBP_CACHE/qemu/<source version>-<hash>/, where the
 # hash covers the series and the configuration, so that a second run finds
 # it and builds nothing.  The source package is fetched with
 # "apt-get source" (make deps adds the deb-src entries) into
@@ -16,6 +18,7 @@
 #
 #   qemu/build.sh           build the binary unless it is cached
 #   qemu/build.sh -n        only print the path the binary has, built or not
+#                           (qemu-storage-daemon is beside it)
 #   qemu/build.sh -f        build again even if it is cached
 #   qemu/build.sh -c        check the series with QEMU's scripts/checkpatch.pl
 #   qemu/build.sh -p        print the directory of the source's qemu-plugin.h
@@ -34,12 +37,16 @@ srcdir=$cache/src
 # Firmware comes from Debian's qemu-system-data, seabios and ipxe-qemu.
 # virtfs: the test VMs mount the host's root over 9p (vm-run).
 firmware=/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu
+# Debian's python3: meson and QEMU's build scripts run in a venv of it
+# (another python3 earlier in PATH may lack the system's meson).
 configure_args=(
+	--python=/usr/bin/python3
 	--target-list=x86_64-softmmu
 	--without-default-features
 	--enable-kvm --enable-tcg
 	--enable-vhost-kernel --enable-vhost-user
-	--enable-linux-aio --enable-fdt=system
+	--enable-linux-aio --enable-linux-io-uring --enable-fdt=system
+	--enable-tools --enable-vhost-user-blk-server
 	--enable-virtfs --enable-attr --enable-cap-ng
 	--disable-docs --disable-werror --disable-install-blobs
 	"--firmwarepath=$firmware"
@@ -76,12 +83,19 @@ series() {
 	sed -e 's/#.*//' -e '/^[[:space:]]*$/d' "$patches/series"
 }
 
-# The newest QEMU source apt knows of; without deb-src entries, the newest
-# one already downloaded.
+# The newest QEMU source of the series apt knows of; without deb-src
+# entries, the newest one already downloaded.
+in_series() {
+	local v=${1#*:}
+
+	[[ "$v" == "$VBP_QEMU_SERIES".* || "$v" == "$VBP_QEMU_SERIES"+* ]]
+}
+
 src_version() {
 	local v dsc best=''
 
 	while read -r v; do
+		in_series "$v" || continue
 		if [ -z "$best" ] || dpkg --compare-versions "$v" gt "$best"; then
 			best=$v
 		fi
@@ -91,13 +105,15 @@ src_version() {
 		for dsc in "$srcdir"/qemu_*.dsc; do
 			[ -e "$dsc" ] || continue
 			v=$(sed -n 's/^Version: //p' "$dsc")
+			in_series "$v" || continue
 			if [ -z "$best" ] ||
 			   dpkg --compare-versions "$v" gt "$best"; then
 				best=$v
 			fi
 		done
 	fi
-	[ -n "$best" ] || die "no source of qemu: no deb-src entries (make deps)"
+	[ -n "$best" ] ||
+		die "no source of qemu $VBP_QEMU_SERIES: no deb-src entries (make deps)"
 	echo "$best"
 }
 
@@ -230,11 +246,13 @@ mkdir "$work/build"
 (cd "$work/build" && ../configure "${configure_args[@]}") >>"$log" 2>&1 ||
 	fail "configure failed"
 
-echo "qemu: building qemu-system-x86_64 (several minutes)" >&2
-NINJA_STATUS='[%f/%t] ' ninja -C "$work/build" qemu-system-x86_64 2>&1 |
+echo "qemu: building qemu-system-x86_64 and qemu-storage-daemon (several minutes)" >&2
+NINJA_STATUS='[%f/%t] ' ninja -C "$work/build" qemu-system-x86_64 \
+	storage-daemon/qemu-storage-daemon 2>&1 |
 	build_progress || fail "the build failed"
 
 mkdir -p "$out"
+cp "$work/build/storage-daemon/qemu-storage-daemon" "$out/qemu-storage-daemon"
 cp "$work/build/qemu-system-x86_64" "$bin.tmp"
 mv "$bin.tmp" "$bin"
 {

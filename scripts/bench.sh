@@ -7,14 +7,17 @@
 # Boots a VM (L1) with this machine's kernel and root file system, loads
 # vhost_blk_poll there and makes two backends: a multi-queue null_blk and a
 # raw file on tmpfs.  fio measures them in L1 (native), then one guest (L2)
-# of the patched QEMU (make qemu) gets each backend three times:
+# of the patched QEMU 10 (make qemu) gets each backend four times:
 #   vhost-blk-pci              served by vhost_blk_poll; L2 drives it with
 #                              virtio_blk_poll in poll and in hybrid mode,
 #                              and with the stock virtio_blk
-#   virtio-blk-pci             QEMU's own device, an iothread, aio=native
-#   vhost-user-blk-pci         served by qemu-storage-daemon (aio=native)
+#   virtio-blk-pci             QEMU's own device with iothread-vq-mapping
+#                              (an iothread per virtqueue), aio=native
+#   virtio-blk-pci             the same with aio=io_uring
+#   vhost-user-blk-pci         served by the qemu-storage-daemon of the
+#                              same build (aio=native, an iothread)
 # and fio measures each with the stock virtio_blk (and vhost-blk-pci with
-# virtio_blk_poll too).  Workloads: 4 KiB random read and random write at
+# virtio_blk_poll too).  The report gives the command line of each.  Workloads: 4 KiB random read and random write at
 # queue depth 1 and 32 with 1 and 2 jobs, and 64 KiB sequential read at
 # queue depth 32, BENCH_SECONDS (default 5) each.  Around every fio job a
 # snapshot records L1's CPU time, the host module's counters and L2's
@@ -52,18 +55,21 @@ BACKENDS="null file"
 # Where L2's devices sit on its PCI bus: slot of each path and backend.
 declare -A SLOT=(
 	[vhost-blk.null]=10 [vhost-blk.file]=11
-	[virtio-blk.null]=12 [virtio-blk.file]=13
+	[virtio-blk-native.null]=12 [virtio-blk-native.file]=13
 	[vhost-user-blk.null]=14 [vhost-user-blk.file]=15
+	[virtio-blk-uring.null]=16 [virtio-blk-uring.file]=17
 )
+# The paths of L2 with the stock virtio_blk, in the order of their slots.
+STOCK_PATHS="vhost-blk virtio-blk-native vhost-user-blk virtio-blk-uring"
 L1_PROC=/run/l1proc
 L1_PROC_TAG=l1proc
 STATS_MNT=/run/vbpstats
 
-# Time limit of L2 (seconds): its boot, then fio's jobs (five runs, two
+# Time limit of L2 (seconds): its boot, then fio's jobs (six runs, two
 # backends each), each up to a minute beyond its run time in a nested,
 # emulated guest.  L1 has 20 minutes more for its own boot and runs.
 l2_timeout() {
-	echo $((900 + 5 * 2 * $(wc -w <<< "$WORKLOADS") * (SECS + 60)))
+	echo $((900 + 6 * 2 * $(wc -w <<< "$WORKLOADS") * (SECS + 60)))
 }
 
 say() {
@@ -226,7 +232,7 @@ disks() {
 }
 
 stage_l2() {
-	local d out=$VMRUN_OUT
+	local d out=$VMRUN_OUT i x
 
 	say "L2: booted"
 	vbp_stats_mount $STATS_MNT || die "L2 cannot read the host module's counters"
@@ -240,11 +246,15 @@ stage_l2() {
 	mount --bind /bin/busybox /bin/sh || say "L2: /bin/sh stays as it is"
 
 	modprobe virtio_blk || die "no virtio_blk"
-	mapfile -t d < <(disks vhost-blk virtio-blk vhost-user-blk)
-	[ ${#d[@]} = 6 ] || die "L2 lacks disks: ${d[*]}"
-	for x in vhost-blk:0 virtio-blk:2 vhost-user-blk:4; do
-		run_fio "${x%%:*}+virtio_blk" "$out/${x%%:*}+virtio_blk" \
-			"${d[@]:${x#*:}:2}" || die "fio failed"
+	# shellcheck disable=SC2086 # a list of names
+	mapfile -t d < <(disks $STOCK_PATHS)
+	[ ${#d[@]} = $((2 * $(wc -w <<< "$STOCK_PATHS"))) ] ||
+		die "L2 lacks disks: ${d[*]}"
+	i=0
+	for x in $STOCK_PATHS; do
+		run_fio "$x+virtio_blk" "$out/$x+virtio_blk" "${d[@]:$i:2}" ||
+			die "fio failed"
+		i=$((i + 2))
 	done
 
 	rmmod virtio_blk
@@ -261,9 +271,36 @@ stage_l2() {
 	say "L2: done"
 }
 
+# command_line PATH ARG...: a line of the report's command lines, the
+# arguments quoted where the shell needs it.
+command_line() {
+	local path=$1 a line=''
+
+	shift
+	for a in "$@"; do
+		if [[ "$a" =~ ^[][A-Za-z0-9_,=./:+@%-]+$ ]]; then
+			line+=" $a"
+		else
+			line+=" '$a'"
+		fi
+	done
+	printf '%s\t%s\n' "$path" "${line# }" >> "$VMRUN_OUT/commands"
+}
+
+# l2_args PATH ARG...: QEMU arguments of L2 for PATH's device, recorded.
+l2_args() {
+	local path=$1 a
+
+	shift
+	for a in "$@"; do
+		args+=(-a "$a")
+	done
+	command_line "$path" "$@"
+}
+
 stage_l1() {
 	local qemu=${BENCH_QEMU:?} img=/tmp/bench.img q poll='' args=() qsd=() pid
-	local sock=/run/bench-vu b dev rc accel
+	local sock=/run/bench-vu b dev rc accel i map iot aio
 
 	say "L1: booted; loading vhost_blk_poll"
 	vbp_load_host || die "cannot load vhost_blk_poll"
@@ -298,14 +335,18 @@ stage_l1() {
 	} > "$VMRUN_OUT/setup"
 
 	mkdir -p $sock
-	qsd=(qemu-storage-daemon)
+	# The qemu-storage-daemon of the same build.
+	qsd=("${qemu%/*}/qemu-storage-daemon")
 	for b in $BACKENDS; do
 		case $b in
 		null) qsd+=(--blockdev "driver=host_device,node-name=$b,filename=/dev/nullb0,cache.direct=on,aio=native,locking=off") ;;
 		file) qsd+=(--blockdev "driver=file,node-name=$b,filename=$img,cache.direct=on,aio=native,locking=off") ;;
 		esac
-		qsd+=(--export "type=vhost-user-blk,id=vu-$b,node-name=$b,addr.type=unix,addr.path=$sock/$b.sock,writable=on,num-queues=$q")
+		qsd+=(--object "iothread,id=vu-io-$b"
+		      --export "type=vhost-user-blk,id=vu-$b,node-name=$b,iothread=vu-io-$b,addr.type=unix,addr.path=$sock/$b.sock,writable=on,num-queues=$q")
 	done
+	: > "$VMRUN_OUT/commands"
+	command_line vhost-user-blk "${qsd[@]}"
 	"${qsd[@]}" > /tmp/qsd.log 2>&1 &
 	pid=$!
 	for b in $BACKENDS; do
@@ -320,15 +361,26 @@ stage_l1() {
 		null) dev=/dev/nullb0 ;;
 		file) dev=$img ;;
 		esac
-		args+=(-a -device -a "vhost-blk-pci,backend=$dev,num-queues=$q${poll:+,poll-us=$poll},addr=${SLOT[vhost-blk.$b]}"
-		       -a -object -a "iothread,id=io-$b"
-		       -a -drive -a "file=$dev,if=none,id=qemu-$b,format=raw,cache=none,aio=native,file.locking=off"
-		       -a -device -a "virtio-blk-pci,drive=qemu-$b,iothread=io-$b,num-queues=$q,addr=${SLOT[virtio-blk.$b]}"
-		       -a -chardev -a "socket,id=vu-$b,path=$sock/$b.sock"
-		       -a -device -a "vhost-user-blk-pci,chardev=vu-$b,num-queues=$q,addr=${SLOT[vhost-user-blk.$b]}")
+		l2_args vhost-blk -device "vhost-blk-pci,backend=$dev,num-queues=$q${poll:+,poll-us=$poll},addr=${SLOT[vhost-blk.$b]}"
+		# QEMU's device, an iothread per virtqueue.
+		for aio in native uring; do
+			map='' iot=()
+			for ((i = 0; i < q; i++)); do
+				iot+=(-object "iothread,id=io-$aio-$b-$i")
+				map+="${map:+,}{\"iothread\":\"io-$aio-$b-$i\"}"
+			done
+			l2_args "virtio-blk-$aio" "${iot[@]}" \
+				-drive "file=$dev,if=none,id=$aio-$b,format=raw,cache=none,aio=${aio/uring/io_uring},file.locking=off" \
+				-device "{\"driver\":\"virtio-blk-pci\",\"drive\":\"$aio-$b\",\"num-queues\":$q,\"iothread-vq-mapping\":[$map],\"addr\":\"${SLOT[virtio-blk-$aio.$b]}\"}"
+		done
+		l2_args vhost-user-blk -chardev "socket,id=vu-$b,path=$sock/$b.sock" \
+			-device "vhost-user-blk-pci,chardev=vu-$b,num-queues=$q,addr=${SLOT[vhost-user-blk.$b]}"
 	done
 	args+=(-a -virtfs -a "$(vbp_stats_share)"
 	       -a -virtfs -a "local,path=/proc,mount_tag=$L1_PROC_TAG,security_model=none,readonly=on")
+	command_line L2 "$qemu" "(vm-run -c $q -m 1G: its machine, kernel and 9p shares)" \
+		-object memory-backend-memfd,id=mem,size=1G,share=on \
+		-machine memory-backend=mem
 	say "L1: starting L2: $q vCPU, $accel, vhost-blk poll budget ${poll:-default} us"
 	"$st/vm-run" -q "$qemu" -c "$q" -m 1G -t "$(l2_timeout)" -O "$VMRUN_OUT" \
 		-e "BENCH_SECONDS=$SECS" -e "BENCH_WORKLOADS=$WORKLOADS" \
@@ -346,7 +398,7 @@ stage_host() {
 	local t0 qemu out raw log
 
 	t0=$(date +%s)
-	for c in fio busybox cpio qemu-system-x86_64 qemu-storage-daemon gnuplot python3; do
+	for c in fio busybox cpio qemu-system-x86_64 gnuplot python3; do
 		command -v "$c" >/dev/null || die "$c is missing: run make deps first (as root)"
 	done
 	[ -r "$VBP_VMLINUZ" ] || die "no kernel $VBP_VMLINUZ: run make deps first (as root)"
@@ -355,7 +407,7 @@ stage_host() {
 	rm -rf "$raw"
 	mkdir -p "$raw"
 	log=$out/bench.log
-	say "QEMU with vhost-blk-pci (make qemu; about 7 minutes the first time)"
+	say "QEMU with vhost-blk-pci (make qemu; about 8 minutes the first time)"
 	qemu=$("$VBP_ROOT/qemu/build.sh" 2>"$log") || die "make qemu failed (see $log)"
 	say "booting L1; L2 boots inside it"
 	(cd "$st" && "$st/vm-run" -c "${BENCH_L1_CPUS:-2}" -m 4G -t $(($(l2_timeout) + 1200)) -O "$raw" \

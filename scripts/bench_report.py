@@ -23,10 +23,22 @@ PATHS = [
     ("vhost-blk+poll", "vhost-blk-pci, virtio_blk_poll poll"),
     ("vhost-blk+hybrid", "vhost-blk-pci, virtio_blk_poll hybrid"),
     ("vhost-blk+virtio_blk", "vhost-blk-pci, virtio_blk"),
-    ("virtio-blk+virtio_blk", "QEMU virtio-blk-pci, iothread, aio=native"),
+    ("virtio-blk-native+virtio_blk",
+     "QEMU virtio-blk-pci, iothread-vq-mapping, aio=native"),
+    ("virtio-blk-uring+virtio_blk",
+     "QEMU virtio-blk-pci, iothread-vq-mapping, aio=io_uring"),
     ("vhost-user-blk+virtio_blk", "vhost-user-blk-pci, qemu-storage-daemon"),
 ]
-BASE_QEMU = "virtio-blk+virtio_blk"
+BASE_QEMU = "virtio-blk-native+virtio_blk"
+# The command lines of the paths (bench.sh's "commands"): its name there,
+# what it is.
+COMMANDS = [
+    ("L2", "L2, every path: QEMU, memory shared with the vhost backends"),
+    ("vhost-blk", "vhost-blk-pci"),
+    ("virtio-blk-native", "QEMU virtio-blk-pci, aio=native"),
+    ("virtio-blk-uring", "QEMU virtio-blk-pci, aio=io_uring"),
+    ("vhost-user-blk", "vhost-user-blk-pci and its qemu-storage-daemon in L1"),
+]
 BACKENDS = [("null", "null_blk"), ("file", "raw file on tmpfs")]
 USER_HZ = os.sysconf("SC_CLK_TCK")
 
@@ -168,7 +180,8 @@ def markdown(rows, setup, paths, workloads):
         ]
     out += [
         "Ratios are of IOPS: to native (fio in L1 on the same backend) and "
-        "to QEMU's virtio-blk-pci with an iothread and aio=native.  "
+        "to QEMU's virtio-blk-pci with an iothread per virtqueue "
+        "(iothread-vq-mapping) and aio=native.  "
         "Kicks and signals per request are the host module's counters "
         "(vhost-blk-pci only); guest interrupts are L2's virtqueue "
         "interrupts per I/O; host CPU is L1's busy CPU time (all CPUs, "
@@ -215,6 +228,24 @@ def markdown(rows, setup, paths, workloads):
                     f"{fmt(r['host_cpu_s_per_mio'])} | "
                     f"{fmt(r['x_native'], 4)} | {fmt(r['x_qemu'], 4)} |")
     return "\n".join(out) + "\n"
+
+
+def command_lines(raw):
+    """The command line of each path, as bench.sh recorded them."""
+    cmds = {}
+    try:
+        with open(os.path.join(raw, "commands")) as f:
+            for line in f:
+                path, _, cmd = line.rstrip("\n").partition("\t")
+                cmds.setdefault(path, []).append(cmd)
+    except OSError:
+        return ""
+    out = ["", "## Command lines", ""]
+    for path, label in COMMANDS:
+        if path not in cmds:
+            continue
+        out += [f"{label}:", "", "```"] + cmds[path] + ["```", ""]
+    return "\n".join(out)
 
 
 def plot(rows, paths, workloads, out, title):
@@ -290,6 +321,7 @@ def main():
     with open(os.path.join(out, "bench.json"), "w") as f:
         json.dump(rows, f, indent=1)
     table = markdown(rows, setup, paths, workloads)
+    table += command_lines(raw)
     if missing:
         table += ("\n## Not measured\n\nNo complete results of: "
                   + "; ".join(missing) + ".\n")

@@ -20,11 +20,28 @@ installed() {
 	dpkg-query -W -f '${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
 }
 
+# name/backports: the backports' version of name (or a newer one).
+backport_installed() {
+	local name=${1%/*} have want
+
+	installed "$name" || return 1
+	have=$(dpkg-query -W -f '${Version}' "$name")
+	want=$(apt-cache madison "$name" |
+	       awk -F' *[|] *' -v s="$VBP_BACKPORTS/" 'index($3, s) { print $2; exit }')
+	[ -n "$want" ] && dpkg --compare-versions "$have" ge "$want"
+}
+
 apt_install() {
 	local missing=() p
 
 	for p in "$@"; do
-		installed "$p" || missing+=("$p")
+		case $p in
+		*/backports)
+			backport_installed "$p" ||
+				missing+=("${p%/*}/$VBP_BACKPORTS") ;;
+		*)
+			installed "$p" || missing+=("$p") ;;
+		esac
 	done
 	if [ ${#missing[@]} -eq 0 ]; then
 		return 0
@@ -33,19 +50,29 @@ apt_install() {
 	apt-get install -y -q --no-install-recommends "${missing[@]}"
 }
 
-# Source packages (QEMU's, for qemu/) come from deb-src entries matching the
-# binary ones.
-src_list=/etc/apt/sources.list.d/vhost-blk-poll-src.sources
-if [ ! -e "$src_list" ]; then
-	if [ -e /etc/apt/sources.list.d/debian.sources ]; then
-		echo "deps: adding deb-src entries in $src_list"
-		sed -n 's/^Types:[[:space:]]*deb$/Types: deb-src/; /^#/d; p' \
-			/etc/apt/sources.list.d/debian.sources > "$src_list"
-	elif grep -qs '^deb ' /etc/apt/sources.list; then
-		src_list=/etc/apt/sources.list.d/vhost-blk-poll-src.list
-		echo "deps: adding deb-src entries in $src_list"
-		sed -n 's/^deb /deb-src /p' /etc/apt/sources.list > "$src_list"
-	fi
+# The backports (binary packages, installed only where named), and the
+# QEMU sources (qemu/build.sh), from the mirror the system uses.
+src_list=/etc/apt/sources.list.d/vhost-blk-poll-qemu.sources
+mirror=$(sed -n 's/^URIs:[[:space:]]*//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null |
+	 grep -v security | head -n 1)
+[ -n "$mirror" ] ||
+	mirror=$(awk '$1 == "deb" && $2 !~ /security/ { print $2; exit }' \
+		 /etc/apt/sources.list 2>/dev/null)
+mirror=${mirror:-http://deb.debian.org/debian}
+want="Types: deb deb-src
+URIs: $mirror
+Suites: $VBP_BACKPORTS
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb-src
+URIs: $mirror
+Suites: $VBP_QEMU_SRC_SUITES
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg"
+if [ "$(cat "$src_list" 2>/dev/null)" != "$want" ]; then
+	echo "deps: adding $VBP_BACKPORTS and the QEMU sources in $src_list"
+	printf '%s\n' "$want" > "$src_list"
 fi
 
 echo "deps: apt-get update"

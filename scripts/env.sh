@@ -32,6 +32,15 @@ vbp_kver() {
 	echo "${v%%-*}${VBP_ABI_SUFFIX}-${VBP_KFLAVOUR}"
 }
 
+# QEMU with vhost-blk-pci (qemu/) is the 10.0 series, QEMU's stable branch
+# in bookworm-backports and in Debian 13.  Its source is the newest 10.0
+# point release the archive has (Debian 13's); the packages that need a
+# newer version than Debian 12 has come from the backports (name/backports
+# in scripts/packages.txt).
+VBP_QEMU_SERIES=10.0
+VBP_BACKPORTS=bookworm-backports
+VBP_QEMU_SRC_SUITES="$VBP_BACKPORTS trixie"
+
 VBP_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VBP_BUILD=${VBP_BUILD:-$VBP_ROOT/build}
 VBP_CACHE=${VBP_CACHE:-/var/cache/vhost-blk-poll}

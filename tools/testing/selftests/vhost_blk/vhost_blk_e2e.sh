@@ -213,17 +213,17 @@ test_errors() {
 		-device "vhost-blk-pci,backend=$IMG,vhostfd=3" 3<>"$VBP_DEV"
 	run_as=()
 
-	# Started, with an inherited /dev/vhost-blk-poll, and migration is
-	# refused while the device exists.
-	out=$(qmp_session "vhost-blk-pci,backend=$NULLB_DEV,vhostfd=3,poll-cpus=0-1,poll-us=100" \
+	# Started, with an inherited /dev/vhost-blk-poll; migratable=off
+	# refuses migration with the reason.
+	out=$(qmp_session "vhost-blk-pci,backend=$NULLB_DEV,vhostfd=3,poll-cpus=0-1,poll-us=100,migratable=off" \
 		'{"execute": "migrate", "arguments": {"uri": "exec:cat >/dev/null"}}' \
 		3<>"$VBP_DEV")
 	echo "# $(grep -o '"desc": "[^"]*"' <<< "$out" | head -n 1)"
-	if grep -q 'vhost-blk does not support migration' <<< "$out"; then
-		ktap_test_pass "vhostfd= works, and migration is refused with the reason"
+	if grep -q 'vhost-blk with migratable=off cannot migrate' <<< "$out"; then
+		ktap_test_pass "vhostfd= works, and migratable=off refuses migration with the reason"
 	else
 		printf '# %s\n' "${out//$'\n'/$'\n'# }"
-		ktap_test_fail "vhostfd= works, and migration is refused with the reason"
+		ktap_test_fail "vhostfd= works, and migratable=off refuses migration with the reason"
 	fi
 }
 
