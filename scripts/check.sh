@@ -11,7 +11,8 @@
 #              reports and a dead guest fail a run, a guest may reboot
 #   kselftest  tools/testing/selftests/vhost_blk in one VM
 #   e2e        end to end, nested: QEMU with vhost-blk-pci (built by
-#              qemu/build.sh, cached) in a VM, its guest on vhost_blk_poll
+#              qemu/build.sh, cached) in a VM, its guest on vhost_blk_poll;
+#              then, in another VM, live migration of such a guest
 #   dkms       dkms.conf: dkms add, build, install and remove of both
 #              modules for the target kernel, in a tree of its own; the
 #              installed modules load in a VM
@@ -315,6 +316,22 @@ suite_e2e() {
 		tap "not ok" "e2e: the VM ran to the end with a clean kernel log" "vm-run exit $rc"
 	fi
 	elapsed "e2e suite" "$t0"
+
+	# Live migration, in a VM of its own: two QEMUs and their guest.
+	t0=$(date +%s)
+	log=$out/e2e-migrate.log
+	run_logged "$log" "$vmrun" -c 2 -m 3G -t 2400 -e "VBP_QEMU=$qemu" \
+		-- ./vhost_blk_migrate.sh
+	rc=$?
+	read -r p f s <<< "$(count_ktap "$log")"
+	tap_lines "$log" e2e-migrate
+	pass=$((pass + p))
+	fail=$((fail + f))
+	skip=$((skip + s))
+	if [ "$rc" != 0 ] && [ "$rc" != 4 ]; then
+		tap "not ok" "e2e-migrate: the VM ran to the end with a clean kernel log" "vm-run exit $rc"
+	fi
+	elapsed "e2e migration" "$t0"
 }
 
 # step NAME LOG COMMAND...: one result line for a command, its output in

@@ -29,8 +29,9 @@ NULLB_DEV=/dev/nullb-e2e
 IMG=/tmp/e2e.img
 L2LOG=/tmp/e2e-l2.log
 L2CONSOLE=/tmp/e2e-l2-console.log
-# Tests reported by the guest: 6 before its reboot, 1 after.
-L2_TESTS=7
+# Tests reported by the guest: 8 before its reboot, 1 after.
+L2_TESTS=9
+L2QMP=/tmp/e2e-l2.qmp
 # The polled disk's poll budget: 1 s.  The guest runs under emulation
 # inside an emulated machine, where its requests come tens to hundreds of
 # milliseconds apart (a polling guest and a polling worker share this VM's
@@ -92,15 +93,29 @@ kill_vmm() {
 	fi
 }
 
+# resize ID BYTES: the guest asks for its disk ID (the device's id and
+# serial) to get a new size.
+resize() {
+	local out
+
+	if out=$("$VBP_SELFTEST_DIR/vbp_qmp.py" "$L2QMP" qom-set \
+		"{\"path\": \"/machine/peripheral/$1\", \"property\": \"size\", \"value\": $2}" 2>&1); then
+		echo "# qom-set $1 size $2: $(stat -c %s "$IMG") bytes in $IMG now"
+	else
+		echo "# qom-set $1 size $2 failed: $out"
+	fi
+}
+
 # The guest's results become this test's TAP; other lines are comments.
 run_l2() {
-	local line vmpid seen=0 killed=0
+	local line vmpid seen=0 killed=0 rid rbytes
 
 	truncate -s 64M "$IMG"
 	"$VBP_SELFTEST_DIR/vm-run" -q "$QEMU" -c "$L2_CPUS" -m 1G -t 1500 -r \
 		-l "$L2CONSOLE" \
-		-a -device -a "vhost-blk-pci,backend=$NULLB_DEV,serial=e2e-null,num-queues=2,poll-us=$POLL_US" \
-		-a -device -a "vhost-blk-pci,backend=$IMG,serial=e2e-file" \
+		-a -device -a "vhost-blk-pci,id=e2e-null,backend=$NULLB_DEV,serial=e2e-null,num-queues=2,poll-us=$POLL_US" \
+		-a -device -a "vhost-blk-pci,id=e2e-file,backend=$IMG,serial=e2e-file" \
+		-a -qmp -a "unix:$L2QMP,server=on,wait=off" \
 		-a -virtfs -a "$(vbp_stats_share)" \
 		-e "E2E_DISKS=e2e-null e2e-file" -e E2E_POLLED=e2e-null \
 		-e "E2E_POLL_US=$POLL_US" \
@@ -117,6 +132,9 @@ run_l2() {
 		"e2e: kill the VMM now")
 			killed=1
 			kill_vmm ;;
+		"e2e: resize "*)
+			read -r rid _ rbytes <<< "${line#e2e: resize }"
+			resize "$rid" "$rbytes" ;;
 		*)
 			echo "# L2: $line" ;;
 		esac

@@ -12,7 +12,10 @@
 # vbp_stats_share), mounted here to read them.
 #
 # The first boot (VMRUN_BOOT=1) checks the stock virtio_blk driver, then
-# virtio_blk_poll in poll mode, writes a marker and reboots the guest; the
+# virtio_blk_poll in poll mode (with each, a resize: the guest says "e2e:
+# resize SERIAL to BYTES" for the host to set the size of the device whose
+# id is SERIAL), writes a marker and
+# reboots the guest; the
 # second checks the disks again after the reset, then keeps I/O running and
 # says "e2e: kill the VMM now" for the host to SIGKILL QEMU under it.
 #
@@ -202,6 +205,52 @@ check_after_reboot() {
 	verify_fio
 }
 
+# sectors DISK: its capacity as the guest sees it.
+sectors() {
+	attr "$1" size
+}
+
+# size_is DISK SECTORS
+size_is() {
+	[ "$(sectors "$1")" = "$2" ]
+}
+
+# Resize: the host sets the file-backed disk's size (qom-set), the guest
+# must see it grow, keep what it writes past the old end, see it shrink
+# again, and get nothing past the new end.
+check_resize() {
+	local s=${DISKS[-1]} b old grown
+
+	find_disks || return 1
+	b=${DISK[$s]}
+	old=$(sectors "$b")
+	grown=$((old + 32 * MIB / 512))
+	echo "e2e: resize $s to $((grown * 512))"
+	vbp_until 120 size_is "$b" "$grown" ||
+		{ echo "$b: still $(sectors "$b") sectors, not $grown"; return 1; }
+	echo "$b: grew from $old to $grown sectors in $vbp_waited s"
+	if ! { $bb dd if=/dev/urandom of=/tmp/past bs=$MIB count=1 2>/dev/null &&
+	       $bb dd if=/tmp/past of="/dev/$b" bs=$MIB seek=$((old / 2048)) \
+			oflag=direct conv=fsync 2>/dev/null &&
+	       $bb dd if="/dev/$b" of=/tmp/past.back bs=$MIB skip=$((old / 2048)) \
+			count=1 iflag=direct 2>/dev/null &&
+	       $bb cmp /tmp/past /tmp/past.back; }; then
+		echo "$b: what was written past the old end does not read back"
+		return 1
+	fi
+	echo "$b: 1 MiB past the old end written and read back"
+	echo "e2e: resize $s to $((old * 512))"
+	vbp_until 120 size_is "$b" "$old" ||
+		{ echo "$b: still $(sectors "$b") sectors, not $old"; return 1; }
+	echo "$b: shrank back to $old sectors in $vbp_waited s"
+	if [ -n "$($bb dd if="/dev/$b" bs=4096 skip=$((old / 8)) count=1 \
+		iflag=direct 2>/dev/null | $bb od | $bb head -n 1)" ]; then
+		echo "$b: a read past the shrunk end returned data"
+		return 1
+	fi
+	echo "$b: a read past the shrunk end returns nothing"
+}
+
 load_poll() {
 	vbp_loaded virtio_blk && rmmod virtio_blk
 	vbp_load_guest mode=poll || return 1
@@ -217,11 +266,14 @@ case "${VMRUN_BOOT:-1}" in
 	run "virtio_blk: disks with serial and capacity from vhost-blk-pci" check_disks
 	run "virtio_blk: verified fio on every disk" check_fio
 	run "virtio_blk: discard, write zeroes, flush, cache mode" check_discard_flush
+	run "virtio_blk: a resize of the backend reaches the guest, both ways" check_resize
 	run "virtio_blk_poll mode=poll: disks with serial and capacity" load_poll
 	run "virtio_blk_poll mode=poll: verified fio on every disk; kicks and signals per request below 0.05, no vq interrupt" \
 		check_polled_fio
 	run "virtio_blk_poll mode=poll: discard, write zeroes, flush, cache mode" \
 		check_discard_flush
+	run "virtio_blk_poll mode=poll: a resize of the backend reaches the guest, both ways" \
+		check_resize
 	write_marker || echo "# cannot write the marker"
 	echo "# rebooting the guest"
 	echo b > /proc/sysrq-trigger

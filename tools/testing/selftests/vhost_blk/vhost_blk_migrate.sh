@@ -1,0 +1,265 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# Live migration of a guest with vhost-blk-pci, nested: this VM (L1) loads
+# vhost_blk_poll and runs two QEMUs with vhost-blk-pci ($VBP_QEMU,
+# qemu/build.sh) on the same backend, a raw file.  The guest (L2,
+# vhost_blk_migrate_guest.sh) writes and verifies its disk with fio without
+# pause; it is migrated from one QEMU to a fresh one three times, once with
+# each driver: virtio_blk_poll in poll mode, in hybrid mode, and the stock
+# virtio_blk.  After each switch-over the guest's I/O must go on on the
+# destination and the run that spanned it must verify.  Last, a migration
+# to a QEMU whose backend has another size must fail with the reason, and
+# the source go on running.
+
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
+vbp_require_root
+
+QEMU=${VBP_QEMU:-}
+if [ ! -x "$QEMU" ] || ! "$QEMU" -device help 2>/dev/null | grep -q '"vhost-blk-pci"'; then
+	ktap_skip_all "no QEMU with vhost-blk-pci in VBP_QEMU (make qemu)"
+	exit "$KSFT_SKIP"
+fi
+
+W=/tmp/mig
+IMG=$W/data.img
+BIG=$W/big.img
+CTL=$W/ctl.img
+INITRD=$W/initrd.cpio
+QMP=$VBP_SELFTEST_DIR/vbp_qmp.py
+MODES="poll hybrid stock"
+# Guest lines wait up to this long (s): its boot, or a fio run, in an
+# emulated guest inside an emulated machine.
+BOOT_S=900
+RUN_S=600
+# The poll budget of the vring: 1 s (vhost_blk_e2e.sh says why).
+POLL_US=1000000
+
+# The initramfs of L2: static busybox, fio with its libraries, the two
+# drivers, and the guest script as /init.  Not compressed: the emulated
+# guest would spend long inflating it.
+make_initrd() {
+	local t=$W/root f lib
+
+	rm -rf "$t"
+	mkdir -p "$t"/{bin,usr/bin,dev,proc,sys,tmp,modules} || return 1
+	cp /bin/busybox "$t/bin/busybox" || return 1
+	cp "$(command -v fio)" "$t/usr/bin/fio" || return 1
+	while read -r lib; do
+		mkdir -p "$t${lib%/*}" && cp -L "$lib" "$t$lib" || return 1
+	done < <(ldd "$(command -v fio)" | grep -o '/[^ ]*')
+	f=$(modinfo -n virtio_blk) || return 1
+	case $f in
+	*.xz) xz -dc "$f" > "$t/modules/virtio_blk.ko" ;;
+	*.zst) zstd -qdc "$f" > "$t/modules/virtio_blk.ko" ;;
+	*) cp "$f" "$t/modules/virtio_blk.ko" ;;
+	esac || return 1
+	cp "$VIRTIO_BLK_POLL_KO" "$t/modules/virtio_blk_poll.ko" || return 1
+	cp "$VBP_SELFTEST_DIR/vhost_blk_migrate_guest.sh" "$t/init" || return 1
+	chmod 0755 "$t/init"
+	(cd "$t" && find . | cpio -o -H newc --quiet) > "$INITRD"
+}
+
+ACCEL=$("$VBP_SELFTEST_DIR/vm-run" --accel)
+CPU=max
+[ "$ACCEL" = kvm ] && CPU=host
+
+# start NAME BACKEND [QEMU-ARG...]: a QEMU for the guest, in the
+# background; its console in $W/NAME.out, its messages in $W/NAME.err, its
+# monitor on $W/NAME.qmp.  The same machine on every side of a migration.
+start() {
+	local name=$1 backend=$2
+
+	shift 2
+	rm -f "$W/$name".{out,err,qmp}
+	"$QEMU" -machine "q35,accel=$ACCEL" -cpu "$CPU" -smp 1 -m 512M \
+		-nodefaults -display none -vga none -no-reboot \
+		-kernel "$VBP_VMLINUZ" -initrd "$INITRD" \
+		-append "console=ttyS0 loglevel=4 panic=-1 rdinit=/init" \
+		-serial "file:$W/$name.out" \
+		-qmp "unix:$W/$name.qmp,server=on,wait=off" \
+		-device "vhost-blk-pci,id=disk0,backend=$backend,serial=mig-data,num-queues=1,poll-us=$POLL_US" \
+		-device "vhost-blk-pci,id=ctl0,backend=$CTL,serial=mig-ctl" \
+		"$@" </dev/null >/dev/null 2>"$W/$name.err" &
+	eval "pid_$name=$!"
+	vbp_until 60 test -S "$W/$name.qmp"
+}
+
+qmp() {
+	local name=$1
+
+	shift
+	"$QMP" "$W/$name.qmp" "$@"
+}
+
+# wait_line NAME REGEX SECONDS: a line of the guest's (after "mig: ") on
+# NAME's console; the last such line in $line.
+wait_line() {
+	local name=$1 re=$2 end=$((SECONDS + $3))
+
+	while [ $SECONDS -lt $end ]; do
+		line=$(sed -n 's/^mig: //p' "$W/$name.out" 2>/dev/null |
+		       tr -d '\r' | grep -E "^$re\$" | tail -n 1)
+		[ -n "$line" ] && return 0
+		grep -q '^mig: end: ' "$W/$name.out" 2>/dev/null && return 1
+		sleep 1
+	done
+	return 1
+}
+
+stop() {
+	local pid
+
+	pid=$(eval "echo \${pid_$1:-}")
+	[ -n "$pid" ] || return 0
+	qmp "$1" quit >/dev/null 2>&1 || kill "$pid" 2>/dev/null
+	timeout 60 tail --pid="$pid" -f /dev/null || kill -9 "$pid" 2>/dev/null
+	wait "$pid" 2>/dev/null
+	eval "pid_$1="
+}
+
+cleanup() {
+	stop a
+	stop b
+	stop c
+}
+trap cleanup EXIT
+
+# Lines of the guest's that are no test result: shown as comments.
+show() {
+	sed -n 's/^mig: /# L2: /p' "$W/$1.out" | tr -d '\r'
+	grep -E 'WARNING:|BUG:|Oops|I/O error|blk_update_request' "$W/$1.out" |
+		sed 's/^/# L2 kernel: /'
+}
+
+# migrate SRC DST: migrate with the return path (the source learns of a
+# failure on the destination); the status in $mig_status, the figures in
+# $mig_info.
+migrate() {
+	local src=$1 dst=$2 reply caps='{"capabilities": [{"capability": "return-path", "state": true}]}'
+
+	mig_status=error mig_info=
+	qmp "$dst" migrate-set-capabilities "$caps" >/dev/null || return 1
+	qmp "$dst" migrate-incoming "{\"uri\": \"unix:$W/$dst.mig\"}" >/dev/null || return 1
+	qmp "$src" migrate-set-capabilities "$caps" >/dev/null || return 1
+	qmp "$src" migrate "{\"uri\": \"unix:$W/$dst.mig\"}" >/dev/null || return 1
+	reply=$(qmp "$src" --wait-migration 600)
+	mig_status=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1]).get("status"))' "$reply")
+	mig_info=$(python3 -c '
+import json, sys
+r = json.loads(sys.argv[1])
+ram = r.get("ram", {})
+print(f"downtime {r.get(\"downtime\", \"?\")} ms, total {r.get(\"total-time\", \"?\")} ms, "
+      f"{ram.get(\"transferred\", 0) // 1048576} MiB sent")' "$reply")
+	[ "$mig_status" = completed ]
+}
+
+status_of() {
+	qmp "$1" query-status | python3 -c 'import json, sys; print(json.load(sys.stdin)["status"])'
+}
+
+ktap_print_header
+# Boot, then for each mode: migration, I/O on the destination; the error
+# case (2); the guest's end, its kernel log.
+ktap_set_plan $((1 + 2 * 3 + 2 + 2))
+
+mkdir -p "$W"
+vbp_load_host || exit "$KSFT_FAIL"
+vbp_wait_for "$VBP_DEV" || exit "$KSFT_FAIL"
+truncate -s 64M "$IMG" && truncate -s 128M "$BIG" && truncate -s 1M "$CTL" ||
+	exit "$KSFT_FAIL"
+if ! make_initrd; then
+	echo "# cannot make the initramfs of the guest"
+	exit "$KSFT_FAIL"
+fi
+echo "# L2: $(du -h "$INITRD" | cut -f1) initramfs, $ACCEL"
+
+t0=$SECONDS
+start a "$IMG"
+if wait_line a "phase 1 run [0-9]+ ok" "$BOOT_S"; then
+	ktap_test_pass "L2 boots and verifies its disk ($((SECONDS - t0)) s)"
+else
+	show a
+	ktap_test_fail "L2 boots and verifies its disk"
+	exit "$KSFT_FAIL"
+fi
+
+src=a
+phase=0
+for mode in $MODES; do
+	phase=$((phase + 1))
+	dst=b
+	[ "$src" = b ] && dst=a
+	start "$dst" "$IMG" -incoming defer
+	if migrate "$src" "$dst" && [ "$(status_of "$src")" = postmigrate ]; then
+		ktap_test_pass "migration with $mode: $mig_info"
+	else
+		show "$src"
+		sed 's/^/# destination: /' "$W/$dst.err"
+		ktap_test_fail "migration with $mode: $mig_status"
+		exit "$KSFT_FAIL"
+	fi
+	stop "$src"
+	# The destination's console starts at the switch-over: its first run
+	# is the one the migration cut.
+	if wait_line "$dst" "phase $phase run [0-9]+ ok" "$RUN_S" &&
+	   ! grep -q "^mig: phase $phase run [0-9]* FAILED" "$W/$dst.out"; then
+		ktap_test_pass "with $mode, the guest's I/O goes on after the switch-over and verifies ($line)"
+	else
+		show "$dst"
+		ktap_test_fail "with $mode, the guest's I/O goes on after the switch-over and verifies"
+		exit "$KSFT_FAIL"
+	fi
+	src=$dst
+	[ "$phase" = 3 ] && break
+	echo "phase $((phase + 1))" | dd of="$CTL" conv=notrunc status=none
+	if ! wait_line "$src" "phase $((phase + 1)) run [0-9]+ ok" "$RUN_S"; then
+		show "$src"
+		ktap_test_fail "the guest goes on to phase $((phase + 1))"
+		exit "$KSFT_FAIL"
+	fi
+done
+
+# A destination whose backend is twice the size.
+start c "$BIG" -incoming defer
+migrate "$src" c
+err=$(grep -m 1 'vhost-blk:' "$W/c.err")
+echo "# destination: $err"
+stop c
+if [ "$mig_status" = failed ] &&
+   grep -q "vhost-blk: backend '$BIG' has 262144 sectors of 512 bytes, the source's had 131072 of 512" <<< "$err"; then
+	ktap_test_pass "a migration to another backend size fails with the reason"
+else
+	sed 's/^/# destination: /' "$W/c.err"
+	ktap_test_fail "a migration to another backend size fails with the reason ($mig_status)"
+fi
+# The run the failed migration paused, and the next one.
+last=$(sed -n "s/^mig: phase $phase run \([0-9]*\) ok.*/\1/p" "$W/$src.out" | tail -n 1)
+if [ "$(status_of "$src")" = running ] &&
+   wait_line "$src" "phase $phase run $((last + 2)) ok" "$RUN_S"; then
+	ktap_test_pass "the source goes on running and verifying ($line)"
+else
+	show "$src"
+	ktap_test_fail "the source goes on running and verifying"
+fi
+
+echo stop | dd of="$CTL" conv=notrunc status=none
+pid=$(eval "echo \$pid_$src")
+if timeout "$RUN_S" tail --pid="$pid" -f /dev/null && wait "$pid" &&
+   grep -q '^mig: end: stopped' "$W/$src.out"; then
+	ktap_test_pass "the guest ends its runs and powers off"
+else
+	show "$src"
+	ktap_test_fail "the guest ends its runs and powers off"
+fi
+eval "pid_$src="
+if cat "$W"/{a,b}.out 2>/dev/null | grep -E -q 'WARNING:|BUG:|Oops|Call Trace|I/O error|FAILED'; then
+	show a
+	show b
+	ktap_test_fail "L2's kernel log is clean and no run failed"
+else
+	ktap_test_pass "L2's kernel log is clean and no run failed"
+fi
+vbp_unload_host
+ktap_finished
