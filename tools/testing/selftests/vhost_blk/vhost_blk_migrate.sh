@@ -28,6 +28,8 @@ BIG=$W/big.img
 CTL=$W/ctl.img
 INITRD=$W/initrd.cpio
 QMP=$VBP_SELFTEST_DIR/vbp_qmp.py
+# The guest runs this VM's kernel.
+KERNEL=/boot/vmlinuz-$(uname -r)
 MODES="poll hybrid stock"
 # Guest lines wait up to this long (s): its boot, or a fio run, in an
 # emulated guest inside an emulated machine.
@@ -75,7 +77,7 @@ start() {
 	rm -f "$W/$name".{out,err,qmp}
 	"$QEMU" -machine "q35,accel=$ACCEL" -cpu "$CPU" -smp 1 -m 512M \
 		-nodefaults -display none -vga none -no-reboot \
-		-kernel "$VBP_VMLINUZ" -initrd "$INITRD" \
+		-kernel "$KERNEL" -initrd "$INITRD" \
 		-append "console=ttyS0 loglevel=4 panic=-1 rdinit=/init" \
 		-serial "file:$W/$name.out" \
 		-qmp "unix:$W/$name.qmp,server=on,wait=off" \
@@ -96,13 +98,18 @@ qmp() {
 # wait_line NAME REGEX SECONDS: a line of the guest's (after "mig: ") on
 # NAME's console; the last such line in $line.
 wait_line() {
-	local name=$1 re=$2 end=$((SECONDS + $3))
+	local name=$1 re=$2 end=$((SECONDS + $3)) pid
 
 	while [ $SECONDS -lt $end ]; do
 		line=$(sed -n 's/^mig: //p' "$W/$name.out" 2>/dev/null |
 		       tr -d '\r' | grep -E "^$re\$" | tail -n 1)
 		[ -n "$line" ] && return 0
 		grep -q '^mig: end: ' "$W/$name.out" 2>/dev/null && return 1
+		pid=$(eval "echo \${pid_$name:-}")
+		if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then
+			echo "# QEMU $name is gone"
+			return 1
+		fi
 		sleep 1
 	done
 	return 1
@@ -128,9 +135,9 @@ trap cleanup EXIT
 
 # Lines of the guest's that are no test result: shown as comments.
 show() {
-	sed -n 's/^mig: /# L2: /p' "$W/$1.out" | tr -d '\r'
-	grep -E 'WARNING:|BUG:|Oops|I/O error|blk_update_request' "$W/$1.out" |
-		sed 's/^/# L2 kernel: /'
+	echo "# the end of L2's console on QEMU $1:"
+	tail -n 40 "$W/$1.out" | tr -d '\r' | sed 's/^/# /'
+	sed 's/^/# QEMU: /' "$W/$1.err"
 }
 
 # migrate SRC DST: migrate with the return path (the source learns of a
@@ -213,7 +220,7 @@ for mode in $MODES; do
 	fi
 	src=$dst
 	[ "$phase" = 3 ] && break
-	echo "phase $((phase + 1))" | dd of="$CTL" conv=notrunc status=none
+	echo "phase $((phase + 1))" | dd of="$CTL" bs=512 count=1 conv=notrunc,sync status=none
 	if ! wait_line "$src" "phase $((phase + 1)) run [0-9]+ ok" "$RUN_S"; then
 		show "$src"
 		ktap_test_fail "the guest goes on to phase $((phase + 1))"
@@ -244,7 +251,7 @@ else
 	ktap_test_fail "the source goes on running and verifying"
 fi
 
-echo stop | dd of="$CTL" conv=notrunc status=none
+echo stop | dd of="$CTL" bs=512 count=1 conv=notrunc,sync status=none
 pid=$(eval "echo \$pid_$src")
 if timeout "$RUN_S" tail --pid="$pid" -f /dev/null && wait "$pid" &&
    grep -q '^mig: end: stopped' "$W/$src.out"; then

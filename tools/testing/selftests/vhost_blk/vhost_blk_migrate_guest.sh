@@ -1,5 +1,6 @@
-#!/bin/sh
+#!/bin/busybox sh
 # SPDX-License-Identifier: GPL-2.0
+# shellcheck shell=sh
 #
 # The guest of vhost_blk_migrate.sh: /init of its initramfs (busybox, fio
 # and the virtio-blk drivers; no 9p share, which would block migration).
