@@ -7,10 +7,11 @@
 # vhost_blk_migrate_guest.sh) writes and verifies its disk with fio without
 # pause; it is migrated from one QEMU to a fresh one three times, once with
 # each driver: virtio_blk_poll in poll mode, in hybrid mode, and the stock
-# virtio_blk.  After each switch-over the guest's I/O must go on on the
-# destination and the run that spanned it must verify.  Last, a migration
-# to a QEMU whose backend has another size must fail with the reason, and
-# the source go on running.
+# virtio_blk.  After each switch-over the guest's writes and verifying
+# reads must go on on the destination, and at the end of each phase fio
+# must have found every block it wrote, across the switch-over.  Then a
+# migration to a QEMU whose backend has another size must fail with the
+# reason, and the source go on running.
 
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -95,21 +96,52 @@ qmp() {
 	"$QMP" "$W/$name.qmp" "$@"
 }
 
+# alive NAME: NAME's QEMU runs, and its guest has not ended.
+alive() {
+	local pid
+
+	pid=$(eval "echo \${pid_$1:-}")
+	if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then
+		echo "# QEMU $1 is gone"
+		return 1
+	fi
+	! grep -q '^mig: end: ' "$W/$1.out" 2>/dev/null
+}
+
 # wait_line NAME REGEX SECONDS: a line of the guest's (after "mig: ") on
 # NAME's console; the last such line in $line.
 wait_line() {
-	local name=$1 re=$2 end=$((SECONDS + $3)) pid
+	local end=$((SECONDS + $3))
 
 	while [ $SECONDS -lt $end ]; do
-		line=$(sed -n 's/^mig: //p' "$W/$name.out" 2>/dev/null |
-		       tr -d '\r' | grep -E "^$re\$" | tail -n 1)
+		line=$(sed -n 's/^mig: //p' "$W/$1.out" 2>/dev/null |
+		       tr -d '\r' | grep -E "^$2\$" | tail -n 1)
 		[ -n "$line" ] && return 0
-		grep -q '^mig: end: ' "$W/$name.out" 2>/dev/null && return 1
-		pid=$(eval "echo \${pid_$name:-}")
-		if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then
-			echo "# QEMU $name is gone"
-			return 1
-		fi
+		alive "$1" || return 1
+		sleep 1
+	done
+	return 1
+}
+
+# last_io NAME PHASE: the writes and reads of the guest's last report on
+# NAME's console in $io_w and $io_r (0 0 without one).
+last_io() {
+	local l
+
+	l=$(sed -n "s/^mig: phase $2 io \([0-9]*\) writes \([0-9]*\) reads.*/\1 \2/p" \
+	    "$W/$1.out" 2>/dev/null | tail -n 1)
+	read -r io_w io_r <<< "${l:-0 0}"
+}
+
+# wait_io NAME PHASE WRITES READS SECONDS: until the guest reports more
+# writes and more reads than these on NAME's console.
+wait_io() {
+	local end=$((SECONDS + $5))
+
+	while [ $SECONDS -lt $end ]; do
+		last_io "$1" "$2"
+		[ "$io_w" -gt "$3" ] && [ "$io_r" -gt "$4" ] && return 0
+		alive "$1" || return 1
 		sleep 1
 	done
 	return 1
@@ -144,21 +176,17 @@ show() {
 # failure on the destination); the status in $mig_status, the figures in
 # $mig_info.
 migrate() {
-	local src=$1 dst=$2 reply caps='{"capabilities": [{"capability": "return-path", "state": true}]}'
+	local src=$1 dst=$2 caps='{"capabilities": [{"capability": "return-path", "state": true}]}'
 
 	mig_status=error mig_info=
 	qmp "$dst" migrate-set-capabilities "$caps" >/dev/null || return 1
 	qmp "$dst" migrate-incoming "{\"uri\": \"unix:$W/$dst.mig\"}" >/dev/null || return 1
 	qmp "$src" migrate-set-capabilities "$caps" >/dev/null || return 1
 	qmp "$src" migrate "{\"uri\": \"unix:$W/$dst.mig\"}" >/dev/null || return 1
-	reply=$(qmp "$src" --wait-migration 600)
-	mig_status=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1]).get("status"))' "$reply")
-	mig_info=$(python3 -c '
-import json, sys
-r = json.loads(sys.argv[1])
-ram = r.get("ram", {})
-print(f"downtime {r.get(\"downtime\", \"?\")} ms, total {r.get(\"total-time\", \"?\")} ms, "
-      f"{ram.get(\"transferred\", 0) // 1048576} MiB sent")' "$reply")
+	{
+		read -r mig_status
+		read -r mig_info
+	} < <(qmp "$src" --wait-migration 600)
 	[ "$mig_status" = completed ]
 }
 
@@ -167,9 +195,9 @@ status_of() {
 }
 
 ktap_print_header
-# Boot, then for each mode: migration, I/O on the destination; the error
-# case (2); the guest's end, its kernel log.
-ktap_set_plan $((1 + 2 * 3 + 2 + 2))
+# Boot; for each mode: migration, I/O goes on, every block verified; the
+# error case (2); the guest's end, its kernel log.
+ktap_set_plan $((1 + 3 * 3 + 2 + 2))
 
 mkdir -p "$W"
 vbp_load_host || exit "$KSFT_FAIL"
@@ -184,11 +212,11 @@ echo "# L2: $(du -h "$INITRD" | cut -f1) initramfs, $ACCEL"
 
 t0=$SECONDS
 start a "$IMG"
-if wait_line a "phase 1 run [0-9]+ ok" "$BOOT_S"; then
-	ktap_test_pass "L2 boots and verifies its disk ($((SECONDS - t0)) s)"
+if wait_io a 1 0 0 "$BOOT_S"; then
+	ktap_test_pass "L2 boots and writes and verifies its disk ($((SECONDS - t0)) s)"
 else
 	show a
-	ktap_test_fail "L2 boots and verifies its disk"
+	ktap_test_fail "L2 boots and writes and verifies its disk"
 	exit "$KSFT_FAIL"
 fi
 
@@ -203,25 +231,32 @@ for mode in $MODES; do
 		ktap_test_pass "migration with $mode: $mig_info"
 	else
 		show "$src"
-		sed 's/^/# destination: /' "$W/$dst.err"
+		show "$dst"
 		ktap_test_fail "migration with $mode: $mig_status"
 		exit "$KSFT_FAIL"
 	fi
+	# What the guest had done when the source stopped.
+	last_io "$src" "$phase"
+	w0=$io_w r0=$io_r
 	stop "$src"
-	# The destination's console starts at the switch-over: its first run
-	# is the one the migration cut.
-	if wait_line "$dst" "phase $phase run [0-9]+ ok" "$RUN_S" &&
-	   ! grep -q "^mig: phase $phase run [0-9]* FAILED" "$W/$dst.out"; then
-		ktap_test_pass "with $mode, the guest's I/O goes on after the switch-over and verifies ($line)"
+	if wait_io "$dst" "$phase" "$w0" "$r0" "$RUN_S"; then
+		ktap_test_pass "with $mode, the guest's writes and verifying reads go on after the switch-over ($w0 -> $io_w writes, $r0 -> $io_r reads)"
 	else
 		show "$dst"
-		ktap_test_fail "with $mode, the guest's I/O goes on after the switch-over and verifies"
+		ktap_test_fail "with $mode, the guest's writes and verifying reads go on after the switch-over"
 		exit "$KSFT_FAIL"
 	fi
 	src=$dst
 	[ "$phase" = 3 ] && break
 	echo "phase $((phase + 1))" | dd of="$CTL" bs=512 count=1 conv=notrunc,sync status=none
-	if ! wait_line "$src" "phase $((phase + 1)) run [0-9]+ ok" "$RUN_S"; then
+	if wait_line "$src" "phase $phase fio (ok|FAILED).*" "$RUN_S" &&
+	   [[ "$line" == *" fio ok"* ]]; then
+		ktap_test_pass "with $mode, fio verified every block it wrote, across the switch-over"
+	else
+		show "$src"
+		ktap_test_fail "with $mode, fio verified every block it wrote, across the switch-over"
+	fi
+	if ! wait_io "$src" "$((phase + 1))" 0 0 "$RUN_S"; then
 		show "$src"
 		ktap_test_fail "the guest goes on to phase $((phase + 1))"
 		exit "$KSFT_FAIL"
@@ -238,35 +273,42 @@ if [ "$mig_status" = failed ] &&
    grep -q "vhost-blk: backend '$BIG' has 262144 sectors of 512 bytes, the source's had 131072 of 512" <<< "$err"; then
 	ktap_test_pass "a migration to another backend size fails with the reason"
 else
-	sed 's/^/# destination: /' "$W/c.err"
+	show c
 	ktap_test_fail "a migration to another backend size fails with the reason ($mig_status)"
 fi
-# The run the failed migration paused, and the next one.
-last=$(sed -n "s/^mig: phase $phase run \([0-9]*\) ok.*/\1/p" "$W/$src.out" | tail -n 1)
+last_io "$src" "$phase"
+w0=$io_w r0=$io_r
 if [ "$(status_of "$src")" = running ] &&
-   wait_line "$src" "phase $phase run $((last + 2)) ok" "$RUN_S"; then
-	ktap_test_pass "the source goes on running and verifying ($line)"
+   wait_io "$src" "$phase" "$w0" "$r0" "$RUN_S"; then
+	ktap_test_pass "the source goes on running: $w0 -> $io_w writes, $r0 -> $io_r reads"
 else
 	show "$src"
-	ktap_test_fail "the source goes on running and verifying"
+	ktap_test_fail "the source goes on running"
 fi
 
 echo stop | dd of="$CTL" bs=512 count=1 conv=notrunc,sync status=none
+if wait_line "$src" "phase $phase fio (ok|FAILED).*" "$RUN_S" &&
+   [[ "$line" == *" fio ok"* ]]; then
+	ktap_test_pass "with $mode, fio verified every block it wrote, across the switch-over and the failed migration"
+else
+	show "$src"
+	ktap_test_fail "with $mode, fio verified every block it wrote, across the switch-over and the failed migration"
+fi
 pid=$(eval "echo \$pid_$src")
 if timeout "$RUN_S" tail --pid="$pid" -f /dev/null && wait "$pid" &&
    grep -q '^mig: end: stopped' "$W/$src.out"; then
-	ktap_test_pass "the guest ends its runs and powers off"
+	ktap_test_pass "the guest stops and powers off"
 else
 	show "$src"
-	ktap_test_fail "the guest ends its runs and powers off"
+	ktap_test_fail "the guest stops and powers off"
 fi
 eval "pid_$src="
 if cat "$W"/{a,b}.out 2>/dev/null | grep -E -q 'WARNING:|BUG:|Oops|Call Trace|I/O error|FAILED'; then
 	show a
 	show b
-	ktap_test_fail "L2's kernel log is clean and no run failed"
+	ktap_test_fail "L2's kernel log is clean and no fio failed"
 else
-	ktap_test_pass "L2's kernel log is clean and no run failed"
+	ktap_test_pass "L2's kernel log is clean and no fio failed"
 fi
 vbp_unload_host
 ktap_finished

@@ -4,12 +4,15 @@
 #
 # The guest of vhost_blk_migrate.sh: /init of its initramfs (busybox, fio
 # and the virtio-blk drivers; no 9p share, which would block migration).
-# In each phase it drives the disk with serial mig-data with one driver,
-# running fio with verification again and again ("mig: phase P run N ok"),
-# while the host migrates it; the disk with serial mig-ctl tells it when
-# to go on to the next phase ("phase P" in its first sector) and when to
-# stop ("stop").  Phases: virtio_blk_poll in poll mode, in hybrid mode,
-# the stock virtio_blk.
+# In each phase it drives the disk with serial mig-data with one driver:
+# one fio writes a region and reads it back checking every block, loop
+# after loop, while the host migrates the guest; every 2 s the guest says
+# how many writes and reads its disk completed ("mig: phase P io W writes
+# R reads").  The disk with serial mig-ctl tells it when to end the phase
+# ("phase P" in its first sector) or stop ("stop"); then fio stops and
+# the guest says whether every block verified ("mig: phase P fio ok").
+# Phases: virtio_blk_poll in poll mode, in hybrid mode, the stock
+# virtio_blk.
 
 /bin/busybox --install -s /bin
 export PATH=/bin:/usr/bin
@@ -69,24 +72,37 @@ for mode in poll hybrid stock; do
 		finish "no disks with $mode"
 	fi
 	say "phase $phase $mode: /dev/$data"
-	run=0
+	# One fio for the phase: each start costs this guest about a minute.
+	fio --name=mig --filename="/dev/$data" --thread --ioengine=libaio \
+		--direct=1 --rw=randwrite --bs=4k --iodepth=8 --size=1m \
+		--loops=1000000 --verify=crc32c --verify_fatal=1 \
+		--randrepeat=0 > /tmp/fio.out 2>&1 &
+	fio=$!
 	while :; do
-		run=$((run + 1))
-		# Writes the region once, then reads it all back and checks it.
-		if fio --name=mig --filename="/dev/$data" --thread \
-			--ioengine=libaio --direct=1 --rw=randwrite --bs=4k \
-			--iodepth=8 --size=8m --offset=$(((run % 4) * 8))m \
-			--verify=crc32c --verify_fatal=1 --randrepeat=0 \
-			--output=/tmp/fio.out > /dev/null 2>&1; then
-			say "phase $phase run $run ok"
-		else
-			say "phase $phase run $run FAILED"
+		sleep 2
+		if ! kill -0 $fio 2>/dev/null; then
+			say "phase $phase fio FAILED: it ended by itself"
 			sed 's/^/mig: fio: /' /tmp/fio.out > /dev/ttyS0
+			finish "fio failed"
 		fi
+		# shellcheck disable=SC2046 # the fields of the disk's stat
+		set -- $(cat "/sys/block/$data/stat")
+		say "phase $phase io $5 writes $1 reads"
 		c=$(ctl)
-		[ "$c" = stop ] && finish "stopped"
-		[ "$c" = "phase $((phase + 1))" ] && break
+		if [ "$c" = stop ] || [ "$c" = "phase $((phase + 1))" ]; then
+			break
+		fi
 	done
+	kill -INT $fio
+	wait $fio
+	if grep -q 'err= *0' /tmp/fio.out &&
+	   ! grep -q -i 'verify' /tmp/fio.out; then
+		say "phase $phase fio ok: every block verified"
+	else
+		say "phase $phase fio FAILED"
+		sed 's/^/mig: fio: /' /tmp/fio.out > /dev/ttyS0
+	fi
+	[ "$c" = stop ] && finish "stopped"
 	unload $mode || finish "cannot unload the driver of $mode"
 done
 finish "no phase after $phase"
