@@ -135,14 +135,21 @@ out=$cache/$upstream-$hash
 bin=$out/qemu-system-x86_64
 
 dsc=$srcdir/qemu_$upstream.dsc
+# The source is fetched once, by one caller at a time (a build may run
+# beside -p and -c).
 fetch_source() {
 	[ -r "$dsc" ] && return 0
-	echo "qemu: fetching the source of qemu $version" >&2
-	mkdir -p "$srcdir"
-	(cd "$srcdir" && apt-get source -q --download-only "qemu=$version") \
-		>"$cache/fetch.log" 2>&1 ||
-		{ cat "$cache/fetch.log" >&2; die "apt-get source failed"; }
-	[ -r "$dsc" ] || die "apt-get source gave no $dsc"
+	exec 8>"$cache/.fetch-lock"
+	flock 8
+	if [ ! -r "$dsc" ]; then
+		echo "qemu: fetching the source of qemu $version" >&2
+		mkdir -p "$srcdir"
+		(cd "$srcdir" && apt-get source -q --download-only "qemu=$version") \
+			>"$cache/fetch.log" 2>&1 ||
+			{ cat "$cache/fetch.log" >&2; die "apt-get source failed"; }
+		[ -r "$dsc" ] || die "apt-get source gave no $dsc"
+	fi
+	exec 8>&-
 }
 
 if [ "$only_print" = 1 ]; then
@@ -153,13 +160,6 @@ fi
 if ! mkdir -p "$cache" 2>/dev/null || [ ! -w "$cache" ]; then
 	die "cannot write $cache (run as root, or set VBP_CACHE)"
 fi
-
-# One build at a time; a second caller waits and then finds the binary.
-exec 9>"$cache/.lock"
-flock -n 9 || {
-	echo "qemu: waiting for the build that holds $cache/.lock" >&2
-	flock 9
-}
 
 # from_orig DIR FILE: FILE of the upstream tarball (a path below its top
 # directory) into DIR, unless it is there; kept with the source.
@@ -192,6 +192,13 @@ if [ "$checkpatch" = 1 ]; then
 	done
 	exit $rc
 fi
+
+# One build at a time; a second caller waits and then finds the binary.
+exec 9>"$cache/.lock"
+flock -n 9 || {
+	echo "qemu: waiting for the build that holds $cache/.lock" >&2
+	flock 9
+}
 
 if [ "$force" = 0 ] && [ -x "$bin" ]; then
 	echo "$bin"

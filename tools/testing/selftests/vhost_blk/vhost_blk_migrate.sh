@@ -34,7 +34,7 @@ KERNEL=/boot/vmlinuz-$(uname -r)
 MODES="poll hybrid stock"
 # Guest lines wait up to this long (s): its boot, or a fio run, in an
 # emulated guest inside an emulated machine.
-BOOT_S=900
+BOOT_S=1200
 RUN_S=600
 # The poll budget of the vring: 1 s (vhost_blk_e2e.sh says why).
 POLL_US=1000000
