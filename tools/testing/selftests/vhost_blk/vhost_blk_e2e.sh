@@ -132,8 +132,8 @@ run_l2() {
 		"e2e: kill the VMM now")
 			killed=1
 			kill_vmm ;;
-		"e2e: resize "*)
-			read -r rid _ rbytes <<< "${line#e2e: resize }"
+		"e2e: resize "*|"# e2e: resize "*)
+			read -r rid _ rbytes <<< "${line#*e2e: resize }"
 			resize "$rid" "$rbytes" ;;
 		*)
 			echo "# L2: $line" ;;
