@@ -21,8 +21,9 @@
 #                           (qemu-storage-daemon is beside it)
 #   qemu/build.sh -f        build again even if it is cached
 #   qemu/build.sh -c        check the series with QEMU's scripts/checkpatch.pl
-#   qemu/build.sh -p        print the directory of the source's qemu-plugin.h
-#                           (the TCG plugin API), extracting it if needed
+#   qemu/build.sh -p        print the directory of the qemu-plugin.h (the TCG
+#                           plugin API) of Debian's qemu-system-x86, which
+#                           runs the test VMs, extracting it if needed
 
 set -euo pipefail
 
@@ -175,8 +176,14 @@ from_orig() {
 		--wildcards "*/$file" || die "no $file in $orig"
 }
 
-# The plugin API of this QEMU source, for TCG plugins built against it.
+# The plugin API of the QEMU that runs the test VMs (Debian's
+# qemu-system-x86: a plugin must match the API version of the QEMU that
+# loads it), from that QEMU's source.
 if [ "$plugin_api" = 1 ]; then
+	version=$(dpkg-query -W -f '${source:Version}' qemu-system-x86 2>/dev/null) ||
+		die "qemu-system-x86 is not installed (make deps)"
+	upstream=${version#*:}
+	dsc=$srcdir/qemu_$upstream.dsc
 	from_orig "$srcdir/plugin-api-${upstream%%-*}" include/qemu/qemu-plugin.h
 	echo "$srcdir/plugin-api-${upstream%%-*}"
 	exit 0

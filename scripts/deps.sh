@@ -50,6 +50,22 @@ apt_install() {
 	apt-get install -y -q --no-install-recommends "${missing[@]}"
 }
 
+# deb-src entries matching the binary ones: the source of Debian's own
+# QEMU, whose TCG plugin API the instruction counter is built against
+# (qemu/build.sh -p).
+deb_src=/etc/apt/sources.list.d/vhost-blk-poll-src.sources
+if [ ! -e "$deb_src" ]; then
+	if [ -e /etc/apt/sources.list.d/debian.sources ]; then
+		echo "deps: adding deb-src entries in $deb_src"
+		sed -n 's/^Types:[[:space:]]*deb$/Types: deb-src/; /^#/d; p' \
+			/etc/apt/sources.list.d/debian.sources > "$deb_src"
+	elif grep -qs '^deb ' /etc/apt/sources.list; then
+		deb_src=/etc/apt/sources.list.d/vhost-blk-poll-src.list
+		echo "deps: adding deb-src entries in $deb_src"
+		sed -n 's/^deb /deb-src /p' /etc/apt/sources.list > "$deb_src"
+	fi
+fi
+
 # The backports (binary packages, installed only where named), and the
 # QEMU sources (qemu/build.sh), from the mirror the system uses.
 src_list=/etc/apt/sources.list.d/vhost-blk-poll-qemu.sources

@@ -39,7 +39,8 @@ vbp_kver() {
 # in scripts/packages.txt).
 VBP_QEMU_SERIES=10.0
 VBP_BACKPORTS=bookworm-backports
-VBP_QEMU_SRC_SUITES="$VBP_BACKPORTS trixie"
+# Where QEMU sources come from besides the backports.
+VBP_QEMU_SRC_SUITES=trixie
 
 VBP_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VBP_BUILD=${VBP_BUILD:-$VBP_ROOT/build}
