@@ -243,8 +243,8 @@ check_resize() {
 	vbp_until 120 size_is "$b" "$old" ||
 		{ echo "$b: still $(sectors "$b") sectors, not $old"; return 1; }
 	echo "$b: shrank back to $old sectors in $vbp_waited s"
-	if [ -n "$($bb dd if="/dev/$b" bs=4096 skip=$((old / 8)) count=1 \
-		iflag=direct 2>/dev/null | $bb od | $bb head -n 1)" ]; then
+	if [ "$($bb dd if="/dev/$b" bs=4096 skip=$((old / 8)) count=1 \
+		iflag=direct 2>/dev/null | $bb wc -c)" != 0 ]; then
 		echo "$b: a read past the shrunk end returned data"
 		return 1
 	fi
