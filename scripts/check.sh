@@ -288,8 +288,26 @@ count_ktap() {
 	' "$1"
 }
 
+# e2e_vm NAME TEST: TEST in a VM with the QEMU of suite_e2e, its log in
+# $out/NAME.log and its results counted as lines "NAME: <test>".
+e2e_vm() {
+	local log=$out/$1.log rc p f s
+
+	run_logged "$log" "$vmrun" -c 2 -m 3G -t 2400 -e "VBP_QEMU=$qemu" -- "$2"
+	rc=$?
+	read -r p f s <<< "$(count_ktap "$log")"
+	# One line per test of the nested run; those are counted below.
+	tap_lines "$log" "$1"
+	pass=$((pass + p))
+	fail=$((fail + f))
+	skip=$((skip + s))
+	if [ "$rc" != 0 ] && [ "$rc" != 4 ]; then
+		tap "not ok" "$1: the VM ran to the end with a clean kernel log" "vm-run exit $rc"
+	fi
+}
+
 suite_e2e() {
-	local t0 qemu log rc p f s
+	local t0 qemu
 
 	t0=$(date +%s)
 	echo "# e2e: QEMU with vhost-blk-pci (qemu/build.sh; minutes when not cached)"
@@ -302,35 +320,12 @@ suite_e2e() {
 	fi
 	qemu=$(cat "$out/qemu.path")
 	tap ok "e2e: QEMU with vhost-blk-pci builds ($(( $(date +%s) - t0 )) s)"
-	log=$out/e2e.log
-	run_logged "$log" "$vmrun" -c 2 -m 3G -t 2400 -e "VBP_QEMU=$qemu" \
-		-- ./vhost_blk_e2e.sh
-	rc=$?
-	read -r p f s <<< "$(count_ktap "$log")"
-	# One line per test of the nested run; those are counted below.
-	tap_lines "$log" e2e
-	pass=$((pass + p))
-	fail=$((fail + f))
-	skip=$((skip + s))
-	if [ "$rc" != 0 ] && [ "$rc" != 4 ]; then
-		tap "not ok" "e2e: the VM ran to the end with a clean kernel log" "vm-run exit $rc"
-	fi
+	e2e_vm e2e ./vhost_blk_e2e.sh
 	elapsed "e2e suite" "$t0"
 
 	# Live migration, in a VM of its own: two QEMUs and their guest.
 	t0=$(date +%s)
-	log=$out/e2e-migrate.log
-	run_logged "$log" "$vmrun" -c 2 -m 3G -t 2400 -e "VBP_QEMU=$qemu" \
-		-- ./vhost_blk_migrate.sh
-	rc=$?
-	read -r p f s <<< "$(count_ktap "$log")"
-	tap_lines "$log" e2e-migrate
-	pass=$((pass + p))
-	fail=$((fail + f))
-	skip=$((skip + s))
-	if [ "$rc" != 0 ] && [ "$rc" != 4 ]; then
-		tap "not ok" "e2e-migrate: the VM ran to the end with a clean kernel log" "vm-run exit $rc"
-	fi
+	e2e_vm e2e-migrate ./vhost_blk_migrate.sh
 	elapsed "e2e migration" "$t0"
 }
 

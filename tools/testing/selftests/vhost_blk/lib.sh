@@ -16,6 +16,17 @@ VBP_NULLB_CONFIG=/sys/kernel/config/nullb
 # shellcheck source=/dev/null
 . "$VBP_SELFTEST_DIR/../kselftest/ktap_helpers.sh"
 
+# vbp_require_qemu: QEMU with vhost-blk-pci in $VBP_QEMU (make qemu) as
+# $QEMU, or the whole test skipped.
+vbp_require_qemu() {
+	QEMU=${VBP_QEMU:-}
+	if [ ! -x "$QEMU" ] ||
+	   ! "$QEMU" -device help 2>/dev/null | grep -q '"vhost-blk-pci"'; then
+		ktap_skip_all "no QEMU with vhost-blk-pci in VBP_QEMU (make qemu)"
+		exit "$KSFT_SKIP"
+	fi
+}
+
 vbp_loaded() {
 	[ -d "/sys/module/$1" ]
 }

@@ -14,11 +14,7 @@
 . "$(dirname "$0")/lib.sh"
 vbp_require_root
 
-QEMU=${VBP_QEMU:-}
-if [ ! -x "$QEMU" ] || ! "$QEMU" -device help 2>/dev/null | grep -q '"vhost-blk-pci"'; then
-	ktap_skip_all "no QEMU with vhost-blk-pci in VBP_QEMU (make qemu)"
-	exit "$KSFT_SKIP"
-fi
+vbp_require_qemu
 
 # One vCPU: the guest's vCPU threads, its QEMU and the module's workers
 # share this VM's two.

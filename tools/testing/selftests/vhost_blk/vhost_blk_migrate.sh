@@ -17,11 +17,7 @@
 . "$(dirname "$0")/lib.sh"
 vbp_require_root
 
-QEMU=${VBP_QEMU:-}
-if [ ! -x "$QEMU" ] || ! "$QEMU" -device help 2>/dev/null | grep -q '"vhost-blk-pci"'; then
-	ktap_skip_all "no QEMU with vhost-blk-pci in VBP_QEMU (make qemu)"
-	exit "$KSFT_SKIP"
-fi
+vbp_require_qemu
 
 W=/tmp/mig
 IMG=$W/data.img
@@ -190,6 +186,18 @@ migrate() {
 	[ "$mig_status" = completed ]
 }
 
+# fio_verified NAME PHASE DESCRIPTION: the test that the phase's fio, told
+# to end, found every block it wrote.
+fio_verified() {
+	if wait_line "$1" "phase $2 fio (ok|FAILED).*" "$RUN_S" &&
+	   [[ "$line" == *" fio ok"* ]]; then
+		ktap_test_pass "$3"
+	else
+		show "$1"
+		ktap_test_fail "$3"
+	fi
+}
+
 status_of() {
 	qmp "$1" query-status | python3 -c 'import json, sys; print(json.load(sys.stdin)["status"])'
 }
@@ -249,13 +257,7 @@ for mode in $MODES; do
 	src=$dst
 	[ "$phase" = 3 ] && break
 	echo "phase $((phase + 1))" | dd of="$CTL" bs=512 count=1 conv=notrunc,sync status=none
-	if wait_line "$src" "phase $phase fio (ok|FAILED).*" "$RUN_S" &&
-	   [[ "$line" == *" fio ok"* ]]; then
-		ktap_test_pass "with $mode, fio verified every block it wrote, across the switch-over"
-	else
-		show "$src"
-		ktap_test_fail "with $mode, fio verified every block it wrote, across the switch-over"
-	fi
+	fio_verified "$src" "$phase" "with $mode, fio verified every block it wrote, across the switch-over"
 	if ! wait_io "$src" "$((phase + 1))" 0 0 "$RUN_S"; then
 		show "$src"
 		ktap_test_fail "the guest goes on to phase $((phase + 1))"
@@ -287,13 +289,7 @@ else
 fi
 
 echo stop | dd of="$CTL" bs=512 count=1 conv=notrunc,sync status=none
-if wait_line "$src" "phase $phase fio (ok|FAILED).*" "$RUN_S" &&
-   [[ "$line" == *" fio ok"* ]]; then
-	ktap_test_pass "with $mode, fio verified every block it wrote, across the switch-over and the failed migration"
-else
-	show "$src"
-	ktap_test_fail "with $mode, fio verified every block it wrote, across the switch-over and the failed migration"
-fi
+fio_verified "$src" "$phase" "with $mode, fio verified every block it wrote, across the switch-over and the failed migration"
 pid=$(eval "echo \$pid_$src")
 if timeout "$RUN_S" tail --pid="$pid" -f /dev/null && wait "$pid" &&
    grep -q '^mig: end: stopped' "$W/$src.out"; then
