@@ -145,6 +145,8 @@ struct vhost_blk_backend {
 	/* In 512-byte sectors. */
 	u64 capacity;
 	bool read_only;
+	/* Opened O_DSYNC: a write is answered once it is durable. */
+	bool dsync;
 };
 
 /* What a vring's worker did, for debugfs; written under the vq mutex. */
@@ -880,6 +882,9 @@ static int vhost_blk_bio_rw(struct vhost_blk_req *req, struct iov_iter *data)
 	if (READ_ONCE(be->file->f_mapping->nrpages) ||
 	    !vhost_blk_dio_ok(be, data, req->pos))
 		return -EAGAIN;
+	/* As direct I/O through the file would do it (block/fops.c) */
+	if (req->write && be->dsync)
+		opf |= REQ_FUA;
 	nr = iov_iter_npages(data, BIO_MAX_VECS + 1);
 	if (nr > BIO_MAX_VECS)
 		return -EAGAIN;
@@ -1557,6 +1562,7 @@ static struct vhost_blk_backend *vhost_blk_backend_get(int fd)
 		goto err_fput;
 	be->file = file;
 	be->read_only = !(file->f_mode & FMODE_WRITE);
+	be->dsync = file->f_flags & O_DSYNC || IS_SYNC(file->f_mapping->host);
 	if (S_ISBLK(inode->i_mode)) {
 		be->bdev = I_BDEV(file->f_mapping->host);
 		be->capacity = bdev_nr_sectors(be->bdev);

@@ -19,8 +19,9 @@
  *
  * The argument points to an int: the file descriptor of a block device or
  * of a regular file, opened by the caller with the access the guest gets
- * (O_RDONLY makes the device read-only).  -1 detaches the backend once the
- * requests in flight have completed.
+ * (O_RDONLY makes the device read-only; O_DSYNC makes every write durable
+ * before it is answered).  -1 detaches the backend once the requests in
+ * flight have completed.
  */
 #define VHOST_BLK_SET_BACKEND		_IOW(VHOST_VIRTIO, 0x90, int)
 

@@ -130,11 +130,13 @@ VBP_TEST_BDEV=/dev/vbpslow "$VMM_TEST" -r vmm.bdev.dirty_log_in_flight \
 vbp_nullb_remove vbpslow || rc=$KSFT_FAIL
 
 # A polled null_blk with a volatile write cache: a flush is a request of
-# its own, which a queue freeze holds back.
+# its own, which a queue freeze holds back, and write-through writes are
+# sent FUA.
 vbp_polled_nullb vbpwc $NULLB_MIB cache_size=16 || exit "$KSFT_FAIL"
 echo "# backend: polled null_blk with a write cache"
 VBP_TEST_BDEV=/dev/vbpwc "$VMM_TEST" \
-	-r vmm.bdev.queue_freeze_while_polling || rc=$KSFT_FAIL
+	-r vmm.bdev.queue_freeze_while_polling \
+	-r vmm.bdev.write_through_fua || rc=$KSFT_FAIL
 vbp_nullb_remove vbpwc || rc=$KSFT_FAIL
 
 # A null_blk whose sectors 8192-8199 fail, made through configfs: I/O

@@ -3444,6 +3444,136 @@ TEST_F(vmm, pinned_io_lands_on_cpu_hctx)
 	EXPECT_EQ(0, ioctl(v->fd, VHOST_BLK_SET_VRING_CPU, &s));
 }
 
+/* The write-through test's writes: WT_WRITES of 4 KiB from WT_SECTOR on. */
+#define WT_SECTOR	2048
+#define WT_WRITES	8
+
+/*
+ * The writes among the block_bio_queue events in the trace buffer that
+ * fall in the write-through test's sectors, and in *fua those sent with
+ * REQ_FUA (a 'W' then an 'F' in rwbs: "WFS"; a leading F is a preflush).
+ */
+static int trace_wt_writes(unsigned int *fua)
+{
+	char line[512], rwbs[16], *ev, *w;
+	unsigned long long sector;
+	unsigned int maj, min;
+	int n = 0;
+	FILE *f;
+
+	*fua = 0;
+	f = fopen(TRACING "/trace", "r");
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f)) {
+		ev = strstr(line, "block_bio_queue: ");
+		if (!ev || sscanf(ev, "block_bio_queue: %u,%u %15s %llu", &maj,
+				  &min, rwbs, &sector) != 4)
+			continue;
+		w = strchr(rwbs, 'W');
+		if (!w || sector < WT_SECTOR ||
+		    sector >= WT_SECTOR + 8 * 2 * WT_WRITES)
+			continue;
+		n++;
+		*fua += !!strchr(w, 'F');
+	}
+	fclose(f);
+	return n;
+}
+
+/*
+ * Write-through: every write of a backend opened O_DSYNC reaches a block
+ * device with a volatile write cache as a FUA bio, as a write(2) on that
+ * descriptor would, so that it is durable when the guest has its answer;
+ * the backend as opened before (write-back) sends none.  The backend is
+ * switched with the rings running, as a VMM does when the guest changes
+ * its cache mode; writes polled and notified, the block_bio_queue events
+ * counted.
+ */
+TEST_F(vmm, write_through_fua)
+{
+	static const unsigned int budget[] = { 0, 1500000 };
+	struct ctx *c = &self->c;
+	struct vmm *v = &c->v;
+	uint8_t expect[WT_WRITES][4096];
+	char filter[64], path[PATH_MAX], cache[32] = "";
+	unsigned int i, k, fua, pass;
+	uint64_t data, sector;
+	struct stat st;
+	int fd, n;
+	FILE *f;
+
+	if (!c->be.bdev)
+		SKIP(return, "needs a block device: a file's O_DSYNC is its file system's");
+	ASSERT_EQ(0, fstat(c->be.fd, &st));
+	snprintf(path, sizeof(path), "/sys/dev/block/%u:%u/queue/write_cache",
+		 major(st.st_rdev), minor(st.st_rdev));
+	f = fopen(path, "r");
+	if (f) {
+		if (!fgets(cache, sizeof(cache), f))
+			cache[0] = 0;
+		fclose(f);
+	}
+	if (strncmp(cache, "write back", 10))
+		SKIP(return, "%s: no volatile write cache, so no FUA is sent",
+		     getenv("VBP_TEST_BDEV"));
+	if (access(TRACING "/events/block/block_bio_queue/enable", W_OK))
+		SKIP(return, "no tracefs");
+	fd = open(getenv("VBP_TEST_BDEV"), O_RDWR | O_DSYNC | O_CLOEXEC);
+	ASSERT_LE(0, fd);
+	snprintf(filter, sizeof(filter), "dev == %u",
+		 major(st.st_rdev) << 20 | minor(st.st_rdev));
+	ASSERT_EQ(0, write_str(TRACING "/events/block/block_bio_queue/filter",
+			       filter));
+	data = galloc(v, 1, sizeof(expect), 4096);
+
+	/* Patched once, on an idle device: see pinned_io_lands_on_cpu_hctx. */
+	write_str(TRACING "/options/record-cmd", "0");
+	ASSERT_EQ(0, write_str(TRACING "/events/block/block_bio_queue/enable",
+			       "1"));
+	for (pass = 0; pass < 2; pass++) {
+		/* O_DSYNC first, then back to the write-back descriptor. */
+		int be = pass ? c->be.fd : fd;
+
+		ASSERT_EQ(0, ioctl(v->fd, VHOST_BLK_SET_BACKEND, &be))
+			TH_LOG("VHOST_BLK_SET_BACKEND: %s", strerror(errno));
+		ASSERT_EQ(0, write_str(TRACING "/trace", ""));
+		for (k = 0; k < ARRAY_SIZE(budget); k++) {
+			ASSERT_OK(vmm_set_poll_us(v, 0, budget[k]));
+			for (i = 0; i < WT_WRITES; i++) {
+				sector = WT_SECTOR + 8 * (k * WT_WRITES + i);
+				fill_rand(expect[i], 4096, next_seed(c));
+				memcpy(gpa_to_hva(v, data + 4096 * i, 4096),
+				       expect[i], 4096);
+				ASSERT_EQ(VIRTIO_BLK_S_OK,
+					  blk_rw(_metadata, c, VIRTIO_BLK_T_OUT,
+						 sector, data + 4096 * i, 4096,
+						 1, NULL));
+				check_store(_metadata, c, sector, expect[i],
+					    4096);
+			}
+		}
+		n = trace_wt_writes(&fua);
+		EXPECT_EQ(2 * WT_WRITES, n)
+			TH_LOG("%d block_bio_queue events of the %d writes", n,
+			       2 * WT_WRITES);
+		if (pass) {
+			EXPECT_EQ(0, fua)
+				TH_LOG("%u of %d write-back writes sent FUA",
+				       fua, n);
+		} else {
+			EXPECT_EQ(n, (int)fua)
+				TH_LOG("%u of %d O_DSYNC writes sent FUA", fua,
+				       n);
+		}
+	}
+	write_str(TRACING "/events/block/block_bio_queue/enable", "0");
+	write_str(TRACING "/events/block/block_bio_queue/filter", "0");
+	write_str(TRACING "/options/record-cmd", "1");
+	close(fd);
+	check_alive(_metadata, c);
+}
+
 /* ------------------------------------------------------------------ */
 /* The vhost-user transport                                             */
 /* ------------------------------------------------------------------ */
