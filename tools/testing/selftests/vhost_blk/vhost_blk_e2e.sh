@@ -3,7 +3,9 @@
 #
 # End to end, nested: this VM (L1) loads vhost_blk_poll and runs QEMU with
 # vhost-blk-pci ($VBP_QEMU, qemu/build.sh) for a guest (L2) whose disks are
-# a memory-backed null_blk and a raw file, both served by the module.  L2
+# a memory-backed null_blk and a raw file (passed to QEMU in an fdset, as
+# a management layer does), both served by the module, and a brd RAM disk
+# whose topology (4 KiB physical blocks) it must see.  L2
 # (vhost_blk_e2e_guest.sh) checks the stock virtio_blk and virtio_blk_poll
 # in poll mode, counts kicks, signals and interrupts per request, reboots,
 # checks again, and keeps I/O running while this side kills its QEMU with
@@ -23,6 +25,8 @@ L2_CPUS=1
 NULLB=$VBP_NULLB_CONFIG/nullb-e2e
 NULLB_DEV=/dev/nullb-e2e
 IMG=/tmp/e2e.img
+# 512-byte logical, 4 KiB physical blocks
+TOPO_DEV=/dev/ram0
 L2LOG=/tmp/e2e-l2.log
 L2CONSOLE=/tmp/e2e-l2-console.log
 # Tests reported by the guest: 8 before its reboot, 1 after.
@@ -52,6 +56,11 @@ nullb_create() {
 nullb_remove() {
 	[ -d "$NULLB" ] && rmdir "$NULLB"
 	rmmod null_blk
+}
+
+# blockdev's physical block, minimum and optimal I/O size of a disk.
+topology() {
+	echo "$(blockdev --getpbsz "$1") $(blockdev --getiomin "$1") $(blockdev --getioopt "$1")"
 }
 
 host_requests() {
@@ -102,22 +111,60 @@ resize() {
 	fi
 }
 
+# QEMU serves write-through from a descriptor of each backend opened
+# O_DSYNC, beside the one it serves write-back from: also for the file
+# passed in an fdset, whose descriptors are dups that fcntl() cannot make
+# O_DSYNC.
+check_dsync_fds() {
+	local qpid be fd flags dsync plain ok=0
+
+	qpid=$(pgrep -o -x qemu-system-x86)
+	for be in "$NULLB_DEV" "$IMG"; do
+		dsync=0 plain=0
+		for fd in "/proc/$qpid/fd/"*; do
+			[ "$(readlink "$fd")" = "$be" ] || continue
+			flags=$(awk '$1 == "flags:" { print $2 }' \
+				"/proc/$qpid/fdinfo/${fd##*/}")
+			# O_DSYNC is octal 010000
+			if (( 8#$flags & 8#10000 )); then
+				dsync=$((dsync + 1))
+			else
+				plain=$((plain + 1))
+			fi
+		done
+		echo "# QEMU $qpid holds $be $((plain + dsync)) times, $dsync O_DSYNC"
+		[ "$dsync" -ge 1 ] && [ "$plain" -ge 1 ] || ok=1
+	done
+	if [ "$ok" = 0 ]; then
+		ktap_test_pass "write-through has an O_DSYNC descriptor of each backend, an fdset's too"
+	else
+		ktap_test_fail "write-through has an O_DSYNC descriptor of each backend, an fdset's too"
+	fi
+}
+
 # The guest's results become this test's TAP; other lines are comments.
 run_l2() {
-	local line vmpid seen=0 killed=0 rid rbytes
+	local line vmpid seen=0 killed=0 fds=0 rid rbytes
 
 	truncate -s 64M "$IMG"
 	"$VBP_SELFTEST_DIR/vm-run" -q "$QEMU" -c "$L2_CPUS" -m 1G -t 1500 -r \
 		-l "$L2CONSOLE" \
 		-a -device -a "vhost-blk-pci,id=e2e-null,backend=$NULLB_DEV,serial=e2e-null,num-queues=2,poll-us=$POLL_US" \
-		-a -device -a "vhost-blk-pci,id=e2e-file,backend=$IMG,serial=e2e-file" \
+		-a -add-fd -a "fd=7,set=1,opaque=$IMG" \
+		-a -device -a "vhost-blk-pci,id=e2e-file,backend=/dev/fdset/1,serial=e2e-file" \
+		-a -device -a "vhost-blk-pci,id=e2e-topo,backend=$TOPO_DEV,serial=e2e-topo" \
 		-a -qmp -a "unix:$L2QMP,server=on,wait=off" \
 		-a -virtfs -a "$(vbp_stats_share)" \
 		-e "E2E_DISKS=e2e-null e2e-file" -e E2E_POLLED=e2e-null \
-		-e "E2E_POLL_US=$POLL_US" \
-		-- "$VBP_SELFTEST_DIR/vhost_blk_e2e_guest.sh" > "$L2LOG" 2>&1 &
+		-e "E2E_POLL_US=$POLL_US" -e "E2E_TOPO=e2e-topo $(topology "$TOPO_DEV")" \
+		-- "$VBP_SELFTEST_DIR/vhost_blk_e2e_guest.sh" > "$L2LOG" 2>&1 7<>"$IMG" &
 	vmpid=$!
 	while IFS= read -r line; do
+		# The guest is up: its QEMU has opened the backends.
+		if [ "$fds" = 0 ] && [[ "$line" == "e2e: "* ]]; then
+			fds=1
+			check_dsync_fds
+		fi
 		case "$line" in
 		"e2e: ok "*)
 			seen=$((seen + 1))
@@ -143,6 +190,8 @@ run_l2() {
 		seen=$((seen + 1))
 		ktap_test_fail "L2: test $seen did not run"
 	done
+	[ "$fds" = 1 ] ||
+		ktap_test_fail "write-through has an O_DSYNC descriptor of each backend, an fdset's too"
 	if [ "$killed" = 0 ]; then
 		ktap_test_fail "guest I/O in flight when QEMU is killed"
 		ktap_test_fail "the killed QEMU's devices are released"
@@ -189,7 +238,7 @@ qmp_session() {
 }
 
 test_errors() {
-	local out
+	local out rc
 
 	expect_error "module not loaded" \
 		"/dev/vhost-blk-poll does not exist: the host module is not loaded \(modprobe vhost_blk_poll\)" \
@@ -225,6 +274,23 @@ test_errors() {
 	expect_error "no permission for the backend" \
 		"backend '$IMG': permission denied" \
 		-device "vhost-blk-pci,backend=$IMG,vhostfd=3" 3<>"$VBP_DEV"
+	# That backend passed in an fdset, opened without O_DIRECT: QEMU
+	# starts, and says it cannot serve write-through, which needs the file
+	# opened once more.
+	out=$(printf '%s\n' '{"execute": "qmp_capabilities"}' '{"execute": "quit"}' |
+		timeout 120 "${run_as[@]}" "$QEMU" -machine q35,accel=tcg \
+		-nodefaults -display none -S -qmp stdio -add-fd fd=4,set=1 \
+		-device "vhost-blk-pci,backend=/dev/fdset/1,vhostfd=3" \
+		3<>"$VBP_DEV" 4<>"$IMG" 2>&1)
+	rc=$?
+	echo "# $(grep -m 1 'vhost-blk' <<< "$out")"
+	if [ "$rc" = 0 ] && grep -q "vhost-blk: backend '/dev/fdset/1' cannot be opened again with O_DSYNC .*no write-through" <<< "$out" &&
+	   ! grep -q '"error"' <<< "$out"; then
+		ktap_test_pass "a backend in an fdset QEMU may not open: served, without write-through, with a warning"
+	else
+		printf '# %s\n' "${out//$'\n'/$'\n'# }"
+		ktap_test_fail "a backend in an fdset QEMU may not open: served, without write-through, with a warning (exit $rc)"
+	fi
 	run_as=()
 
 	# Started, with an inherited /dev/vhost-blk-poll; migratable=off
@@ -242,12 +308,18 @@ test_errors() {
 }
 
 ktap_print_header
-# L2's, its kernel log, the kill (2), unload, null_blk, 13 errors, vhostfd
-ktap_set_plan $((L2_TESTS + 1 + 2 + 1 + 1 + 13 + 1))
+# L2's, its kernel log, the O_DSYNC descriptors, the kill (2), unload,
+# null_blk, 13 errors, the fdset without access, vhostfd
+ktap_set_plan $((L2_TESTS + 1 + 1 + 2 + 1 + 1 + 13 + 1 + 1))
 
 vbp_load_host || exit "$KSFT_FAIL"
 vbp_wait_for "$VBP_DEV" || exit "$KSFT_FAIL"
 nullb_create || { echo "# cannot create the null_blk"; exit "$KSFT_FAIL"; }
+if ! modprobe brd rd_nr=1 rd_size=16384 || ! vbp_wait_for "$TOPO_DEV"; then
+	echo "# cannot create the brd disk"
+	exit "$KSFT_FAIL"
+fi
+echo "# $TOPO_DEV: physical block, minimum and optimal I/O size $(topology "$TOPO_DEV")"
 
 run_l2
 
@@ -257,10 +329,10 @@ else
 	ktap_test_fail "vhost_blk_poll unloads after its VMM was killed"
 	lsmod | sed 's/^/# /'
 fi
-if nullb_remove; then
-	ktap_test_pass "the backends are released: null_blk removed"
+if nullb_remove && rmmod brd; then
+	ktap_test_pass "the backends are released: null_blk and brd removed"
 else
-	ktap_test_fail "the backends are released: null_blk removed"
+	ktap_test_fail "the backends are released: null_blk and brd removed"
 fi
 nullb_create || exit "$KSFT_FAIL"
 test_errors

@@ -8,6 +8,8 @@
 #
 # E2E_DISKS names the disks by serial, the last one file-backed; E2E_POLLED
 # is the disk whose virtqueues the host polls with a budget of E2E_POLL_US.
+# E2E_TOPO is "SERIAL PHYSICAL-BLOCK MIN-IO OPT-IO" (bytes) of one more disk,
+# a block device whose topology the guest must see.
 # The module's counters of the host are in its 9p share of them (lib.sh:
 # vbp_stats_share), mounted here to read them.
 #
@@ -73,9 +75,10 @@ attr() {
 	echo "$v"
 }
 
-# Config space as the driver sees it: serial, capacity, queues, cache.
+# Config space as the driver sees it: serial, capacity, queues, cache,
+# and the topology of E2E_TOPO's disk.
 check_disks() {
-	local s b q ok=0
+	local s b q want got ok=0
 
 	find_disks || return 1
 	for s in "${DISKS[@]}"; do
@@ -85,6 +88,11 @@ check_disks() {
 		     "${#q[@]} queue(s), cache '$(attr "$b" queue/write_cache)'"
 		[ "$(attr "$b" size)" -gt 0 ] || ok=1
 	done
+	read -r s want <<< "${E2E_TOPO:?}"
+	b=$(vbp_disk_by_serial "$s") || { echo "no disk with serial $s"; return 1; }
+	got="$(attr "$b" queue/physical_block_size) $(attr "$b" queue/minimum_io_size) $(attr "$b" queue/optimal_io_size)"
+	echo "$b: physical block, minimum and optimal I/O size $got (the backend's: $want)"
+	[ "$got" = "$want" ] || ok=1
 	return $ok
 }
 
@@ -263,11 +271,11 @@ vbp_stats_mount "$STATS" ||
 case "${VMRUN_BOOT:-1}" in
 1)
 	modprobe virtio_blk
-	run "virtio_blk: disks with serial and capacity from vhost-blk-pci" check_disks
+	run "virtio_blk: disks with serial, capacity and topology from vhost-blk-pci" check_disks
 	run "virtio_blk: verified fio on every disk" check_fio
 	run "virtio_blk: discard, write zeroes, flush, cache mode" check_discard_flush
 	run "virtio_blk: a resize of the backend reaches the guest, both ways" check_resize
-	run "virtio_blk_poll mode=poll: disks with serial and capacity" load_poll
+	run "virtio_blk_poll mode=poll: disks with serial, capacity and topology" load_poll
 	run "virtio_blk_poll mode=poll: verified fio on every disk; kicks and signals per request below 0.05, no vq interrupt" \
 		check_polled_fio
 	run "virtio_blk_poll mode=poll: discard, write zeroes, flush, cache mode" \
