@@ -19,13 +19,13 @@ here=$(cd "$(dirname "$0")" && pwd)
 cd "$VBP_ROOT" || exit 1
 
 ksrc=$VBP_KSRC_DIR
-failed=()
 vhost_inc=$ksrc/drivers/vhost
 [ -e "$KDIR/drivers/vhost/vhost.h" ] && vhost_inc=$KDIR/drivers/vhost
 kbuild=(make -s -C "$KDIR" M="$VBP_ROOT" CONFIG_VHOST_BLK_POLL=m
 	CONFIG_VIRTIO_BLK_POLL=m VBP_VHOST_INC="$vhost_inc")
 
-# step NAME CMD...: run a check, show its findings, remember a failure.
+# step NAME CMD...: run a check, show its findings indented, then
+# "lint: NAME: clean" or "lint: NAME: FAILED".
 step() {
 	local name=$1 log
 
@@ -36,7 +36,6 @@ step() {
 	else
 		sed 's/^/    /' "$log"
 		echo "lint: $name: FAILED"
-		failed+=("$name")
 	fi
 	rm -f "$log"
 }
@@ -80,20 +79,39 @@ series() {
 			"$VBP_BUILD"/patches/*.patch
 }
 
-step checkpatch checkpatch
-step "checkpatch (make patches)" series
-step "W=1" build_clean W=1
-if command -v sparse >/dev/null; then
-	# C=2 checks every file, compiled again or not.
-	step sparse build_quiet C=2 CHECK="sparse -Wbitwise -Wno-decl"
-else
-	echo "lint: sparse: not installed (make deps)"
-	failed+=(sparse)
-fi
-step kernel-doc "$ksrc/scripts/kernel-doc" -none -Wall include/uapi/linux/vhost_blk.h
-step shellcheck shellcheck -x "${shell[@]}"
-step "QEMU checkpatch" qemu/build.sh -c
-step docs scripts/docs.py Documentation "$VBP_BUILD/docs"
+# The kernel C files: checkpatch, then the two builds, which share the
+# build tree.
+kernel_checks() {
+	step checkpatch checkpatch
+	step "W=1" build_clean W=1
+	if command -v sparse >/dev/null; then
+		# C=2 checks every file, compiled again or not.
+		step sparse build_quiet C=2 CHECK="sparse -Wbitwise -Wno-decl"
+	else
+		echo "lint: sparse: not installed (make deps)"
+		echo "lint: sparse: FAILED"
+	fi
+}
+
+# The rest, which reads only the sources.
+other_checks() {
+	step "checkpatch (make patches)" series
+	step kernel-doc "$ksrc/scripts/kernel-doc" -none -Wall include/uapi/linux/vhost_blk.h
+	step shellcheck shellcheck -x "${shell[@]}"
+	step "QEMU checkpatch" qemu/build.sh -c
+	step docs scripts/docs.py Documentation "$VBP_BUILD/docs"
+}
+
+# The two run side by side (each about half the time); the kernel checks'
+# report follows the other's, which is shown as it comes.
+reports=$(mktemp -d)
+kernel_checks > "$reports/kernel" 2>&1 &
+other_checks 2>&1 | tee "$reports/other"
+wait
+cat "$reports/kernel"
+mapfile -t failed < <(sed -n 's/^lint: \(.*\): FAILED$/\1/p' \
+			  "$reports/other" "$reports/kernel")
+rm -rf "$reports"
 
 if [ ${#failed[@]} -gt 0 ]; then
 	echo "lint: failed: ${failed[*]}"
