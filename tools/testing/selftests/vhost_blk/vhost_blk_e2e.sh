@@ -222,10 +222,16 @@ expect_error() {
 	fi
 }
 
-# QEMU with -S and QMP on standard input: the commands given, then quit.
+# qmp_session QEMU-ARG... -- COMMAND...: QEMU, as the user run_as sets up
+# (root when empty), with -S and QMP on standard input: the commands given,
+# then quit.
 qmp_session() {
-	local dev=$1
+	local args=()
 
+	while [ "$1" != -- ]; do
+		args+=("$1")
+		shift
+	done
 	shift
 	{
 		echo '{"execute": "qmp_capabilities"}'
@@ -233,8 +239,8 @@ qmp_session() {
 			echo "$c"
 		done
 		echo '{"execute": "quit"}'
-	} | timeout 120 "$QEMU" -machine q35,accel=tcg -nodefaults -display none \
-		-S -qmp stdio -device "$dev" 2>&1
+	} | timeout 120 "${run_as[@]}" "$QEMU" -machine q35,accel=tcg -nodefaults \
+		-display none -S -qmp stdio "${args[@]}" 2>&1
 }
 
 test_errors() {
@@ -277,11 +283,9 @@ test_errors() {
 	# That backend passed in an fdset, opened without O_DIRECT: QEMU
 	# starts, and says it cannot serve write-through, which needs the file
 	# opened once more.
-	out=$(printf '%s\n' '{"execute": "qmp_capabilities"}' '{"execute": "quit"}' |
-		timeout 120 "${run_as[@]}" "$QEMU" -machine q35,accel=tcg \
-		-nodefaults -display none -S -qmp stdio -add-fd fd=4,set=1 \
-		-device "vhost-blk-pci,backend=/dev/fdset/1,vhostfd=3" \
-		3<>"$VBP_DEV" 4<>"$IMG" 2>&1)
+	out=$(qmp_session -add-fd fd=4,set=1 \
+		-device "vhost-blk-pci,backend=/dev/fdset/1,vhostfd=3" -- \
+		3<>"$VBP_DEV" 4<>"$IMG")
 	rc=$?
 	echo "# $(grep -m 1 'vhost-blk' <<< "$out")"
 	if [ "$rc" = 0 ] && grep -q "vhost-blk: backend '/dev/fdset/1' cannot be opened again with O_DSYNC .*no write-through" <<< "$out" &&
@@ -295,7 +299,7 @@ test_errors() {
 
 	# Started, with an inherited /dev/vhost-blk-poll; migratable=off
 	# refuses migration with the reason.
-	out=$(qmp_session "vhost-blk-pci,backend=$NULLB_DEV,vhostfd=3,poll-cpus=0-1,poll-us=100,migratable=off" \
+	out=$(qmp_session -device "vhost-blk-pci,backend=$NULLB_DEV,vhostfd=3,poll-cpus=0-1,poll-us=100,migratable=off" -- \
 		'{"execute": "migrate", "arguments": {"uri": "exec:cat >/dev/null"}}' \
 		3<>"$VBP_DEV")
 	echo "# $(grep -o '"desc": "[^"]*"' <<< "$out" | head -n 1)"

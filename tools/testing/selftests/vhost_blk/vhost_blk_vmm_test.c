@@ -3495,7 +3495,7 @@ TEST_F(vmm, write_through_fua)
 	static const unsigned int budget[] = { 0, 1500000 };
 	struct ctx *c = &self->c;
 	struct vmm *v = &c->v;
-	uint8_t expect[WT_WRITES][4096];
+	uint8_t expect[4096];
 	char filter[64], path[PATH_MAX], cache[32] = "";
 	unsigned int i, k, fua, pass;
 	uint64_t data, sector;
@@ -3542,15 +3542,15 @@ TEST_F(vmm, write_through_fua)
 			ASSERT_OK(vmm_set_poll_us(v, 0, budget[k]));
 			for (i = 0; i < WT_WRITES; i++) {
 				sector = WT_SECTOR + 8 * (k * WT_WRITES + i);
-				fill_rand(expect[i], 4096, next_seed(c));
-				memcpy(gpa_to_hva(v, data + 4096 * i, 4096),
-				       expect[i], 4096);
+				fill_rand(expect, sizeof(expect), next_seed(c));
+				memcpy(gpa_to_hva(v, data, sizeof(expect)),
+				       expect, sizeof(expect));
 				ASSERT_EQ(VIRTIO_BLK_S_OK,
 					  blk_rw(_metadata, c, VIRTIO_BLK_T_OUT,
-						 sector, data + 4096 * i, 4096,
+						 sector, data, sizeof(expect),
 						 1, NULL));
-				check_store(_metadata, c, sector, expect[i],
-					    4096);
+				check_store(_metadata, c, sector, expect,
+					    sizeof(expect));
 			}
 		}
 		n = trace_wt_writes(&fua);
